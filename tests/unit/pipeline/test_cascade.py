@@ -1,0 +1,122 @@
+"""run_cascade end to end on small hand-built probability maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.cascade import run_cascade, save_evaluation_npz
+from pipeline.config import CascadeConfig
+from pipeline.evaluate import evaluate_folders, load_prediction
+from pipeline.types import LesionType, ModelIdentity, PatientClass, Phase, VolumeGeometry
+
+# 5 mm voxels: 0.125 ml each
+GEOMETRY = VolumeGeometry((8, 32, 32), (5.0, 5.0, 5.0), (-80.0, -80.0, 100.0))
+CONFIG = CascadeConfig(patch_size_voxels=(4, 16, 16), inference_patches_per_lesion=4)
+STRONG = (slice(2, 5), slice(8, 12), slice(8, 12))  # Hem, 48 voxels = 6 ml, found at f = 1
+WEAK = (slice(2, 4), slice(18, 21), slice(18, 21))  # Meta, 18 voxels = 2.25 ml, found only at f = 4
+
+
+def study(dtype=np.float16):
+    p = np.zeros((14,) + GEOMETRY.shape, np.float32)
+    p[0] = 0.9
+    liver = (slice(None), slice(4, 28), slice(4, 28))
+    p[0][liver] = 0.05
+    p[7][liver] = 0.8
+    p[4][STRONG], p[7][STRONG] = 0.9, 0.1
+    p[3][WEAK], p[7][WEAK] = 0.25, 0.6
+    hu = np.where(p[7] > 0.5, 100.0, -50.0).astype(np.float32)
+    hu[STRONG], hu[WEAK] = 300.0, 200.0
+    return p.astype(dtype), {Phase.VP: hu, Phase.AP: hu + 10.0}
+
+
+def hu_model(table):
+    def model(batch: np.ndarray) -> np.ndarray:
+        out = np.zeros((batch.shape[0],) + batch.shape[2:], np.uint8)
+        for hu, label in table.items():
+            out[batch[:, 0] == hu] = label  # channel 0 is NC if present, else AP: here AP = VP + 10
+        return out
+
+    return model
+
+
+def test_without_patch_model_high_sensitivity_adds_a_suspicious_lesion_and_the_verdict_is_uncertain():
+    probabilities, hu = study()
+    result = run_cascade(probabilities, hu, GEOMETRY, None, CONFIG)
+    assert [l.lesion_type for l in result.base] == [LesionType.HEM]
+    assert [l.lesion_type for l in result.high] == [LesionType.HEM, LesionType.META]
+    assert not result.reclassified
+    assert result.base_recls == result.base and result.high_recls == result.high
+    assert any(d.stage == "reclassify" and d.outcome == "skipped" for d in result.decisions)
+    assert (result.class_base_recls, result.class_high_recls) == (PatientClass.HEM, PatientClass.META)
+    assert not result.verdict.certain
+    hem, meta = result.reported
+    assert hem.certain is True and hem.sensitivities == (1.0, 4.0)
+    assert meta.certain is False and meta.sensitivities == (4.0,)
+    assert hem.volume_ml == pytest.approx(6.0) and meta.volume_ml == pytest.approx(2.25)
+    assert hem.mean_hu == {Phase.VP: pytest.approx(300.0), Phase.AP: pytest.approx(310.0)}
+    assert result.livermax[LesionType.HEM] == pytest.approx(0.9, abs=1e-3)
+    assert result.livermax[LesionType.META] == pytest.approx(0.25, abs=1e-3)
+    assert set(np.unique(result.organ_labels)) == {0, 7}
+
+
+def test_patch_model_removes_the_false_alarm_and_the_verdict_becomes_certain():
+    probabilities, hu = study(np.float32)
+    model = hu_model({310.0: 4})  # confirms the Hem, sees nothing at the weak site
+    result = run_cascade(probabilities, hu, GEOMETRY, model, CONFIG)
+    assert result.reclassified
+    assert [l.lesion_type for l in result.high_recls] == [LesionType.HEM]
+    assert result.verdict.certain and result.verdict.patient_class is PatientClass.HEM
+    (hem,) = result.reported
+    assert hem.certain and hem.reclassification_score_ml == pytest.approx(6.0)
+    assert [o.kept for o in result.reclassify_outcomes["high"]] == [True, False]
+
+
+def test_reclassification_can_retype():
+    probabilities, hu = study()
+    model = hu_model({310.0: 1, 210.0: 3})  # the Hem is called HCC by the patch model
+    result = run_cascade(probabilities, hu, GEOMETRY, model, CONFIG)
+    assert [l.lesion_type for l in result.base_recls] == [LesionType.HCC]
+    assert result.class_base is PatientClass.HEM and result.class_base_recls is PatientClass.HCC
+
+
+def test_empty_liver_is_normal_with_no_lesions():
+    p = np.zeros((14,) + GEOMETRY.shape, np.float16)
+    p[0] = 1.0
+    result = run_cascade(p, {}, GEOMETRY, hu_model({}), CONFIG)
+    assert result.base == result.high == result.reported == []
+    assert result.class_base is result.class_high_recls is PatientClass.NORMAL
+    assert result.verdict.certain
+    assert all(v == 0.0 for v in result.livermax.values())
+    assert not result.organ_labels.any()
+
+
+def test_findings_and_evaluation_file(tmp_path):
+    probabilities, hu = study()
+    result = run_cascade(probabilities, hu, GEOMETRY, None, CONFIG)
+    findings = result.to_findings("1.2.3", "1.2.3.4", ModelIdentity("test", "0"), (Phase.AP, Phase.VP))
+    assert len(findings.lesions) == 2 and not findings.certain and findings.joint_class is None
+    assert findings.sensitivity_factors == (1.0, 4.0) and "seg2det_s" in findings.timings_s
+
+    path = save_evaluation_npz(result, tmp_path / "pred" / "case.npz")
+    loaded = load_prediction(path)
+    assert loaded.spacing_mm == GEOMETRY.spacing_mm
+    assert loaded.livermax.tolist() == pytest.approx([0, 0, 0.25, 0.9, 0, 0], abs=1e-3)  # HCC..Cyst
+    # ground truth: both lesions are real, the weak one is a Meta
+    gt = np.zeros(GEOMETRY.shape, np.uint8)
+    gt[STRONG], gt[WEAK] = 4, 3
+    (tmp_path / "gt").mkdir()
+    np.savez(tmp_path / "gt" / "case.npz", labels=gt, spacing_mm=np.asarray(GEOMETRY.spacing_mm))
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    assert report.lesion_level["Base"].overall["All"].fn == 1
+    assert report.lesion_level["High+ReCls"].overall["All"].tp == 2
+    with pytest.raises(ValueError, match=".npz"):
+        save_evaluation_npz(result, tmp_path / "case.txt")
+
+
+def test_input_checks():
+    probabilities, hu = study()
+    with pytest.raises(ValueError, match="geometry"):
+        run_cascade(probabilities[:, :4], hu, GEOMETRY, None, CONFIG)
+    with pytest.raises(ValueError, match="HU volume"):
+        run_cascade(probabilities, {Phase.VP: hu[Phase.VP][:4]}, GEOMETRY, None, CONFIG)
