@@ -96,3 +96,245 @@ class PipelineConfig:
 
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
+
+
+@dataclass(frozen=True)
+class SeriesConfig:
+    """How DICOM files become volumes (``pipeline.series``, docs/ingest.md)."""
+
+    #: stacks with fewer slices than this are not volumes (localizers, bolus tracking, stray slices).
+    min_slices: int = 8
+    #: accept ImageType DERIVED/SECONDARY axial series as phase candidates (off: they are skipped).
+    accept_derived: bool = False
+    #: a stack whose slice normal is further than this from the patient's head-feet axis is not axial.
+    max_axial_angle_deg: float = 45.0
+    #: slice gaps within this fraction of the nominal spacing count as even (no resampling).
+    even_spacing_tolerance: float = 0.02
+    #: gaps deviating up to this fraction are resampled onto even spacing; more is refused.
+    max_resample_deviation: float = 0.2
+    #: a gap at least this many times the nominal spacing means missing slices (refused).
+    missing_slice_gap_factor: float = 1.5
+    #: slice positions off the slice normal by more than this angle mean gantry tilt (refused).
+    gantry_tilt_tolerance_deg: float = 0.2
+    #: slices whose AcquisitionTime differs by more than this belong to different acquisitions
+    #: when a series must be split (duplicate positions).
+    acquisition_gap_s: float = 5.0
+    #: pixels equal to PixelPaddingValue become this HU.
+    padding_hu: float = -1024.0
+    #: reader threads when loading pixel data.
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.min_slices >= 2, "min_slices", "must be >= 2")
+        _require(0.0 < self.max_axial_angle_deg <= 90.0, "max_axial_angle_deg", "must be in (0, 90]")
+        _require(0.0 <= self.even_spacing_tolerance < 0.5, "even_spacing_tolerance", "must be in [0, 0.5)")
+        _require(
+            self.even_spacing_tolerance <= self.max_resample_deviation < 0.5,
+            "max_resample_deviation",
+            "must be >= even_spacing_tolerance and < 0.5",
+        )
+        _require(self.missing_slice_gap_factor > 1.0, "missing_slice_gap_factor", "must be > 1")
+        _require(0.0 <= self.gantry_tilt_tolerance_deg < 45.0, "gantry_tilt_tolerance_deg", "must be in [0, 45)")
+        _require(self.acquisition_gap_s > 0, "acquisition_gap_s", "must be > 0")
+        _require(-3024.0 <= self.padding_hu <= 0.0, "padding_hu", "must be between -3024 and 0")
+        _require(1 <= self.threads <= 64, "threads", "must be 1-64")
+
+
+_DEFAULT_NC_PATTERNS: tuple[str, ...] = (
+    r"\bnativ",  # de "nativ", es/it "nativo", fr "natif" after accent folding
+    r"\bnatif",
+    r"\bnon[ -]?(contrast|con|enh|enhanced|ic|iv)\b",
+    r"\bunenhanced\b",
+    r"\bpre[ -]?(contrast|con|kontrast|km|iv)?\b",
+    r"\bplain\b",
+    r"\bwithout\b",
+    r"\bw/?o\b",
+    r"\bohne\b",
+    r"\bleer",  # de "Leerscan"
+    r"\bsans\b",  # fr "sans injection", "sans contraste"
+    r"\bsin\b",  # es "sin contraste"
+    r"\bsenza\b",  # it "senza mdc"
+    r"\bsimple\b",  # es "TC simple"
+    r"\bbasal",  # es "basal", it "basale"
+    r"\bnc\b",
+    r"\bncct\b",
+    r"(^|\s)c-(\s|$)",
+)
+_DEFAULT_AP_PATTERNS: tuple[str, ...] = (
+    r"arteri",  # en arterial, de arteriell, fr arteriel(le), es arterial, it arteriosa
+    r"\bart\b",
+    r"\bap\b",
+    r"\bhap\b",
+    r"\bkm[ -]?art",
+)
+_DEFAULT_VP_PATTERNS: tuple[str, ...] = (
+    r"portal",  # en portal venous, de portalvenos, fr portal(e), es portal, it portale
+    r"\bpv\b",
+    r"\bpvp\b",
+    r"\bvp\b",
+    r"\bvenous\b",
+    r"\bvenos",  # de venos (venös), es/it venosa/venoso
+    r"\bveineu",  # fr veineux/veineuse
+    r"\bpvc\b",
+)
+_DEFAULT_DP_PATTERNS: tuple[str, ...] = (
+    r"delay",
+    r"\bspat",  # de spat (spät) after accent folding
+    r"\bspaet",
+    r"tardi",  # fr tardif/tardive, es tardia/tardio, it tardiva
+    r"\bretard",
+    r"equilib",  # equilibrium / equilibrio / equilibre
+    r"\bdp\b",
+    r"\blate\b(?!\s*art)",
+    r"\b\d+\s*min\b",  # "3 min", "5min"
+)
+_DEFAULT_EXCLUDE_PATTERNS: tuple[str, ...] = (
+    r"bolus",
+    r"monitor",
+    r"tracking",
+    r"smart ?prep",
+    r"\bscout\b",
+    r"topogram",
+    r"locali[sz]er",
+    r"\bdose\b",
+    r"\bmip\b",
+    r"\bmpr\b",
+    r"\bvrt?\b",
+    r"coronal",
+    r"sagittal",
+    r"\bcor\b",
+    r"\bsag\b",
+)
+
+
+@dataclass(frozen=True)
+class PhaseRulesConfig:
+    """Rules that name the contrast phase of each series (``pipeline.phases``, docs/ingest.md).
+
+    Description patterns are Python regular expressions matched against the SeriesDescription
+    after lower-casing and removing accents ("portalvenös" is matched as "portalvenos").
+    """
+
+    nc_patterns: tuple[str, ...] = _DEFAULT_NC_PATTERNS
+    ap_patterns: tuple[str, ...] = _DEFAULT_AP_PATTERNS
+    vp_patterns: tuple[str, ...] = _DEFAULT_VP_PATTERNS
+    dp_patterns: tuple[str, ...] = _DEFAULT_DP_PATTERNS
+    #: series whose description matches one of these are never phase candidates.
+    exclude_patterns: tuple[str, ...] = _DEFAULT_EXCLUDE_PATTERNS
+    #: acquisition time windows, seconds after the time reference (ContrastBolusStartTime, else
+    #: the first series of the study); a time in a gap between windows goes to the nearest one.
+    nc_max_offset_s: float = 15.0
+    ap_window_s: tuple[float, float] = (20.0, 45.0)
+    vp_window_s: tuple[float, float] = (50.0, 100.0)
+    dp_min_offset_s: float = 120.0
+    #: confirm (and overrule) the header label from HU statistics of the image.
+    image_check: bool = True
+    #: slices sampled per series for the image check.
+    image_check_slices: int = 12
+    #: aorta below this HU (or no enhanced round vessel at all): unenhanced.
+    unenhanced_max_aorta_hu: float = 110.0
+    #: aorta at least this HU and this much above the parenchyma: arterial.
+    arterial_min_aorta_hu: float = 220.0
+    arterial_min_aorta_to_parenchyma_hu: float = 120.0
+    #: aorta at most this HU (and enhanced): venous or delayed.
+    venous_max_aorta_hu: float = 200.0
+    #: when two series compete for one phase, prefer the one nearest this slice thickness,
+    #: then more slices, then the later series number.
+    preferred_slice_thickness_mm: float = 5.0
+    #: without a venous series, use the latest contrast phase (DP, else AP) as the reference
+    #: instead of refusing the study.
+    allow_reference_fallback: bool = False
+
+    def __post_init__(self) -> None:
+        import re
+
+        for name in ("nc_patterns", "ap_patterns", "vp_patterns", "dp_patterns", "exclude_patterns"):
+            value = tuple(str(p) for p in getattr(self, name))
+            object.__setattr__(self, name, value)
+            for pattern in value:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigError(f"{name}: invalid regular expression {pattern!r}: {exc}") from exc
+        object.__setattr__(self, "ap_window_s", tuple(float(v) for v in self.ap_window_s))
+        object.__setattr__(self, "vp_window_s", tuple(float(v) for v in self.vp_window_s))
+        _require(len(self.ap_window_s) == 2, "ap_window_s", "must be (start, end)")
+        _require(len(self.vp_window_s) == 2, "vp_window_s", "must be (start, end)")
+        _require(
+            self.nc_max_offset_s <= self.ap_window_s[0] <= self.ap_window_s[1]
+            <= self.vp_window_s[0] <= self.vp_window_s[1] <= self.dp_min_offset_s,
+            "ap_window_s",
+            "time windows must be ordered: nc_max_offset_s <= AP <= VP <= dp_min_offset_s",
+        )
+        _require(2 <= self.image_check_slices <= 200, "image_check_slices", "must be 2-200")
+        _require(
+            self.unenhanced_max_aorta_hu < self.venous_max_aorta_hu,
+            "venous_max_aorta_hu",
+            "must be above unenhanced_max_aorta_hu",
+        )
+        _require(
+            self.unenhanced_max_aorta_hu < self.arterial_min_aorta_hu,
+            "arterial_min_aorta_hu",
+            "must be above unenhanced_max_aorta_hu",
+        )
+        _require(self.arterial_min_aorta_to_parenchyma_hu >= 0, "arterial_min_aorta_to_parenchyma_hu", "must be >= 0")
+        _require(0.1 <= self.preferred_slice_thickness_mm <= 20.0, "preferred_slice_thickness_mm", "must be 0.1-20 mm")
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """Registration of every phase onto the venous phase (``pipeline.registration``)."""
+
+    #: register at all; off: phases are only resampled onto the reference grid by coordinates.
+    enabled: bool = True
+    #: working voxel size; images are smoothed and downsampled to this before registering
+    #: (an axis already coarser is kept as it is).
+    working_spacing_mm: float = 2.0
+    #: B-spline control point spacing at the finest level.
+    bspline_grid_spacing_mm: float = 50.0
+    #: run the B-spline stage after the affine one.
+    deformable: bool = True
+    #: elastix metric (both stages).
+    metric: str = "AdvancedMattesMutualInformation"
+    affine_iterations: int = 200
+    bspline_iterations: int = 200
+    #: pyramid levels of each stage.
+    resolutions: int = 3
+    #: random samples per iteration.
+    spatial_samples: int = 3000
+    #: HU window applied to both images before registering.
+    intensity_window_hu: tuple[float, float] = (-200.0, 400.0)
+    #: keep the registered phase only if NCC improves by at least this much.
+    min_ncc_improvement: float = 0.0
+    threads: int = 2
+    #: value outside the moving phase's field of view after resampling.
+    outside_hu: float = -1024.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "intensity_window_hu", tuple(float(v) for v in self.intensity_window_hu))
+        _require(0.5 <= self.working_spacing_mm <= 10.0, "working_spacing_mm", "must be 0.5-10 mm")
+        _require(5.0 <= self.bspline_grid_spacing_mm <= 200.0, "bspline_grid_spacing_mm", "must be 5-200 mm")
+        _require(
+            self.metric
+            in (
+                "AdvancedMattesMutualInformation",
+                "AdvancedNormalizedCorrelation",
+                "AdvancedMeanSquares",
+                "NormalizedMutualInformation",
+            ),
+            "metric",
+            "must be an elastix metric: AdvancedMattesMutualInformation, AdvancedNormalizedCorrelation, "
+            "AdvancedMeanSquares or NormalizedMutualInformation",
+        )
+        _require(1 <= self.affine_iterations <= 5000, "affine_iterations", "must be 1-5000")
+        _require(1 <= self.bspline_iterations <= 5000, "bspline_iterations", "must be 1-5000")
+        _require(1 <= self.resolutions <= 6, "resolutions", "must be 1-6")
+        _require(256 <= self.spatial_samples <= 200000, "spatial_samples", "must be 256-200000")
+        _require(
+            len(self.intensity_window_hu) == 2 and self.intensity_window_hu[0] < self.intensity_window_hu[1],
+            "intensity_window_hu",
+            "must be (low, high) with low < high",
+        )
+        _require(-1.0 <= self.min_ncc_improvement <= 1.0, "min_ncc_improvement", "must be in [-1, 1]")
+        _require(1 <= self.threads <= 64, "threads", "must be 1-64")
+        _require(-3024.0 <= self.outside_hu <= 0.0, "outside_hu", "must be between -3024 and 0")
