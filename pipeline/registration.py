@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -303,8 +304,13 @@ def _elastix_displacement(
         log_to_console=False,
         number_of_threads=config.threads,
     )
-    deformation = itk.transformix_deformation_field(moving_itk, transform_parameters)
-    return np.asarray(itk.array_from_image(deformation), dtype=np.float32).reshape(
+    with tempfile.TemporaryDirectory(prefix="livernode-transformix-") as scratch:
+        # transformix writes deformationField.nii into its output directory (default: the cwd)
+        deformation = itk.transformix_deformation_field(
+            moving_itk, transform_parameters, output_directory=scratch, log_to_console=False
+        )
+        field = np.asarray(itk.array_from_image(deformation), dtype=np.float32)
+    return field.reshape(
         tuple(reversed(fixed.GetSize())) + (3,)
     )
 
