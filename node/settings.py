@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.config import CascadeConfig
+from pipeline.config import BackendConfig, CascadeConfig, PhaseRulesConfig, RegistrationConfig, SeriesConfig
 
 #: Environment variable naming the configuration file when ``--config`` is not given.
 CONFIG_ENV_VAR = "LIVERNODE_CONFIG"
@@ -32,6 +32,10 @@ class Settings(BaseModel):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    series: SeriesConfig = Field(default_factory=SeriesConfig)
+    phases: PhaseRulesConfig = Field(default_factory=PhaseRulesConfig)
+    registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
+    model: BackendConfig = Field(default_factory=BackendConfig)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from pipeline.config import BackendConfig
 from pipeline.inference import ModelInput, WholePredictor, make_patch_model, prepare_input
 from pipeline.model import (
     PATCH_NETWORK,
@@ -56,27 +57,6 @@ class SegmentationBackend(Protocol):
     def patch_model(self, present: tuple[Phase, ...]) -> PatchModel | None:
         """UNet_patch as a callable for reclassification, or None when the model has none."""
         ...
-
-
-@dataclass(frozen=True)
-class BackendConfig:
-    """Which model to load and how to run it."""
-
-    kind: str = "native"  # native | torchscript | nnunet
-    model_dir: str = ""  # empty: the bundled demo model
-    device: str = "auto"  # auto | cpu | cuda
-    mirror_tta: bool = False
-    overlap: float = 0.25
-    nnunet_folds: tuple[int, ...] = (0,)
-    nnunet_checkpoint: str = "checkpoint_final.pth"
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("native", "torchscript", "nnunet"):
-            raise ValueError(f"kind: unknown backend {self.kind!r} (native, torchscript or nnunet)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device: must be auto, cpu or cuda, not {self.device!r}")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError("overlap: must be in [0, 1)")
 
 
 class CardBackend:

@@ -338,3 +338,24 @@ class RegistrationConfig:
         _require(-1.0 <= self.min_ncc_improvement <= 1.0, "min_ncc_improvement", "must be in [-1, 1]")
         _require(1 <= self.threads <= 64, "threads", "must be 1-64")
         _require(-3024.0 <= self.outside_hu <= 0.0, "outside_hu", "must be between -3024 and 0")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which segmentation model to load and how to run it (``pipeline.backends``)."""
+
+    kind: str = "native"  # native | torchscript | nnunet
+    model_dir: str = ""  # empty: the bundled demo model
+    device: str = "auto"  # auto | cpu | cuda
+    mirror_tta: bool = False
+    overlap: float = 0.25
+    nnunet_folds: tuple[int, ...] = (0,)
+    nnunet_checkpoint: str = "checkpoint_final.pth"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("native", "torchscript", "nnunet"):
+            raise ConfigError(f"kind: unknown backend {self.kind!r} (native, torchscript or nnunet)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device: must be auto, cpu or cuda, not {self.device!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError("overlap: must be in [0, 1)")
