@@ -2,7 +2,7 @@
 # Set up livernode on this machine: a virtual environment in .venv with the package installed.
 #   deploy/setup.sh            the node itself
 #   deploy/setup.sh --test     also the test tools and the real DICOM peers the tests start
-#                              (DCMTK, dicom3tools; installed with apt-get when run as root)
+#                              (DCMTK, dicom3tools, Orthanc; installed with apt-get when run as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,11 +24,14 @@ if [ "$with_test" = 1 ]; then
   need=()
   command -v storescu >/dev/null || need+=(dcmtk)
   command -v dciodvfy >/dev/null || need+=(dicom3tools)
+  { command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ]; } || need+=(orthanc orthanc-python)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "setup.sh: installing ${need[*]} with apt-get"
       apt-get update -qq
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+      # the tests start their own Orthanc on free loopback ports; the packaged service is not needed
+      if [[ " ${need[*]} " == *" orthanc "* ]]; then service orthanc stop >/dev/null 2>&1 || true; fi
     else
       echo "setup.sh: please install the Debian packages: ${need[*]} (tests that need them are skipped)" >&2
     fi

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--no-lesions", action="store_true", help="a lesion-free liver")
     phantom.set_defaults(handler=_cmd_phantom)
 
+    from node.cli_node import register as register_node_commands
+    register_node_commands(sub)
+
     return parser
 
 

@@ -16,6 +16,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.config import BackendConfig, CascadeConfig, PhaseRulesConfig, RegistrationConfig, SeriesConfig
+from node.results_config import ResultsConfig
+from node.node_config import (
+    CompletenessConfig,
+    DeliveryConfig,
+    Destinations,
+    DicomConfig,
+    HttpConfig,
+    SpoolConfig,
+    WorkerConfig,
+)
 
 #: Environment variable naming the configuration file when ``--config`` is not given.
 CONFIG_ENV_VAR = "LIVERNODE_CONFIG"
@@ -36,6 +46,15 @@ class Settings(BaseModel):
     phases: PhaseRulesConfig = Field(default_factory=PhaseRulesConfig)
     registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
     model: BackendConfig = Field(default_factory=BackendConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
+    # The DICOM node (node/node_config.py, docs/node.md).
+    dicom: DicomConfig = Field(default_factory=DicomConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    completeness: CompletenessConfig = Field(default_factory=CompletenessConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    destinations: Destinations = ()
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
 
 @dataclass(frozen=True)
