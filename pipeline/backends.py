@@ -84,7 +84,10 @@ class CardBackend:
         log.info("loaded model %s %s (%s) on %s", card.name, card.version, card.format, device)
 
     def predict(self, hu_by_phase: dict[Phase, np.ndarray], geometry: VolumeGeometry) -> Prediction:
-        model_input = prepare_input(hu_by_phase, geometry, self.preprocessing)
+        return self.predict_model_input(prepare_input(hu_by_phase, geometry, self.preprocessing))
+
+    def predict_model_input(self, model_input: ModelInput) -> Prediction:
+        """Softmax probabilities for input already on the working grid."""
         probabilities = self._whole.predict(model_input)
         if probabilities.shape[0] != NUM_CLASSES:
             raise ModelLoadError(f"model gives {probabilities.shape[0]} classes, expected {NUM_CLASSES}")

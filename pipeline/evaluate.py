@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from pipeline.classify import classify_patient
 from pipeline.evaluation_metrics import (
@@ -150,6 +149,8 @@ def load_ground_truth(gt_dir: Path, case: str) -> tuple[np.ndarray, tuple[float,
                 raise ValueError(f"{npz}: needs keys 'labels' and 'spacing_mm', has {data.files}")
             return _label_array(data["labels"], str(npz)), _spacing(data["spacing_mm"], str(npz))
     if nifti.is_file():
+        import SimpleITK as sitk  # here: evaluation of .npz truth needs no SimpleITK
+
         image = sitk.ReadImage(str(nifti))
         spacing_zyx = np.asarray(image.GetSpacing()[::-1])
         return _label_array(sitk.GetArrayFromImage(image), str(nifti)), _spacing(spacing_zyx, str(nifti))

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1.0"
 REFERENCE_PHASE = Phase.VP
-_STREAMS = {"anatomy": 1, "tissues": 2, "lesions": 3, "lookalikes": 4, "motion": 5, "scanner": 6, "noise": 7, "scan": 8}
+_STREAMS = {"anatomy": 1, "tissues": 2, "lesions": 3, "lookalikes": 4, "motion": 5, "scanner": 6, "noise": 7, "scan": 8, "residual-motion": 9}
 
 __all__ = [
     "LesionRequest",
@@ -86,8 +86,13 @@ class PhantomSpec:
     columns: int = 512
     lesion_requests: tuple[LesionRequest, ...] | None = None
     noise: bool = True
+    #: breathing misalignment between phases: "full" (5-15 mm shifts plus deformation, as scanned)
+    #: or "residual" (a 0-2 mm shift per phase, as registration leaves them: training data).
+    motion: str = "full"
 
     def __post_init__(self) -> None:
+        if self.motion not in ("full", "residual"):
+            raise ConfigError("motion: must be 'full' or 'residual'")
         try:
             asked = {Phase(v) for v in self.phases}
         except ValueError as exc:
@@ -210,8 +215,10 @@ def make_phantom(
     lesion_requests: Sequence[LesionRequest] | None = None,
     noise: bool = True,
     workers: int = 2,
+    motion: str = "full",
 ) -> PhantomVolumes:
-    """Generate a phantom study in memory (no disk I/O)."""
+    """Generate a phantom study in memory (no disk I/O). ``motion="residual"`` leaves the phases
+    aligned as registration would (training data for the models)."""
     spec = PhantomSpec(
         seed,
         tuple(phases),
@@ -223,6 +230,7 @@ def make_phantom(
         columns,
         None if lesion_requests is None else tuple(lesion_requests),
         noise,
+        motion,
     )
     return _generate(spec, workers=workers)
 
@@ -243,6 +251,9 @@ def _generate(spec: PhantomSpec, workers: int = 2) -> PhantomVolumes:
     identity = make_identity(spec.seed, spec.variant)
     rng_m = _rng(spec.seed, "motion")
     warps = {p: sample_warp(rng_m) for p in PHASE_ORDER}  # drawn for all phases: subsets stay identical
+    if spec.motion == "residual":
+        rng_r = _rng(spec.seed, "residual-motion")
+        warps = {p: PhaseWarp(tuple(float(v) for v in rng_r.uniform(-1.2, 1.2, 3))) for p in PHASE_ORDER}
     warps[REFERENCE_PHASE] = PhaseWarp()
     sigma_5mm = float(_rng(spec.seed, "noise").uniform(8.0, 25.0))
     sigma = {

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from pipeline.types import LesionType, Phase, VolumeGeometry
@@ -109,6 +108,8 @@ def mean_hu_by_instance(hu: np.ndarray, instances: np.ndarray, count: int) -> di
 
 def write_nifti(path: Path, array: np.ndarray, geometry: VolumeGeometry) -> None:
     """Write a (z, y, x) array with the geometry of the grid (spacing, origin, direction)."""
+    import SimpleITK as sitk  # here, so in-memory phantoms (training) need no SimpleITK
+
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(tuple(float(v) for v in geometry.spacing_mm[::-1]))
     image.SetOrigin(tuple(float(v) for v in geometry.origin_mm))

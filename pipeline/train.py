@@ -212,19 +212,25 @@ def dice_per_class(prediction: np.ndarray, truth: np.ndarray, labels: Iterable[i
     return out
 
 
+def case_model_input(case: TrainingCase, prep: Preprocessing) -> ModelInput:
+    """The network input of a case with all its phases (HU recovered from the normalised phases,
+    so clipped to the preprocessing window)."""
+    count = len(prep.phase_order)
+    image = np.zeros((2 * count,) + case.labels.shape, dtype=np.float32)
+    for index, phase in enumerate(prep.phase_order):
+        if phase in case.present:
+            image[index] = case.phases[index]
+            image[count + index] = 1.0
+    hu = {p: case.phases[i].astype(np.float32) * prep.hu_scale + prep.hu_center
+          for i, p in enumerate(prep.phase_order) if p in case.present}
+    return ModelInput(image=image, hu=hu, geometry=case.geometry, present=case.present)
+
+
 def validate(predictor: WholePredictor, cases: Sequence[TrainingCase]) -> dict[str, float]:
     """Mean liver Dice and lesion (any type) Dice on whole validation volumes."""
     liver, lesion = [], []
     for case in cases:
-        image = np.zeros((2 * len(PHASE_ORDER),) + case.labels.shape, dtype=np.float32)
-        for index, phase in enumerate(PHASE_ORDER):
-            if phase in case.present:
-                image[index] = case.phases[index]
-                image[len(PHASE_ORDER) + index] = 1.0
-        prep = predictor.prep
-        hu = {p: case.phases[i].astype(np.float32) * prep.hu_scale + prep.hu_center
-              for i, p in enumerate(PHASE_ORDER) if p in case.present}
-        probs = predictor.predict(ModelInput(image=image, hu=hu, geometry=case.geometry, present=case.present))
+        probs = predictor.predict(case_model_input(case, predictor.prep))
         argmax = probs.argmax(axis=0).astype(np.uint8)
         liver_truth = np.isin(case.labels, (int(Label.LIVER),) + LESION_LABELS)
         liver_pred = np.isin(argmax, (int(Label.LIVER),) + LESION_LABELS)
@@ -347,6 +353,7 @@ def write_card(
     version: str,
     training_data: str,
     metrics: dict | None = None,
+    whole_spec: NetworkSpec = WHOLE_NETWORK,
 ) -> Path:
     """Write the model card for freshly trained weights."""
     card = ModelCard(
@@ -354,7 +361,7 @@ def write_card(
         version=version,
         format="native",
         preprocessing=prep,
-        whole=WeightsEntry(file=whole.weights_path.name, sha256=whole.sha256, network=WHOLE_NETWORK),
+        whole=WeightsEntry(file=whole.weights_path.name, sha256=whole.sha256, network=whole_spec),
         patch=(
             WeightsEntry(file=patch.weights_path.name, sha256=patch.sha256, network=patch_spec)
             if patch is not None
@@ -373,6 +380,7 @@ __all__ = [
     "TrainingCase",
     "TrainResult",
     "case_from_arrays",
+    "case_model_input",
     "train_network",
     "validate",
     "write_card",

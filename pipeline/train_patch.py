@@ -1,0 +1,95 @@
+"""Training data of UNet_patch: lesion-shuffle patches (all four kinds) from training studies, plus
+hard cases around UNet_whole's own false positives at high sensitivity (reference paper III-C).
+
+Patches are cut from the normalised phases on the working grid with voxels outside the liver set
+to the preprocessing's background value, exactly as the cascade cuts them at inference
+(:func:`patch_channels`). Targets: 0 not lesion (liver or outside), 1-6 lesion type.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pipeline.config import CascadeConfig
+from pipeline.inference import ModelInput, WholePredictor, background_value
+from pipeline.matching import overlap_pairs
+from pipeline.model import Preprocessing
+from pipeline.sensitivity import scaled_argmax
+from pipeline.seg2det import seg2det
+from pipeline.shuffle import PatchSource, ShuffleSettings, training_patches
+from pipeline.train import TrainingCase, case_model_input
+from pipeline.types import LESION_LABELS, Label
+
+log = logging.getLogger(__name__)
+
+#: False positives of UNet_whole per training study turned into hard cases.
+MAX_HARD_CASES_PER_STUDY = 12
+
+
+def patch_channels(model_input: ModelInput, prep: Preprocessing) -> list[np.ndarray]:
+    """The patch model's image channels: the normalised phases in the model's phase order (absent
+    phases are zeros; the patch model gets presence channels separately)."""
+    return [model_input.image[i] for i in range(len(prep.phase_order))]
+
+
+def patch_settings(config: CascadeConfig, prep: Preprocessing) -> ShuffleSettings:
+    """Patch geometry shared by training and inference."""
+    return ShuffleSettings(patch_size_voxels=config.patch_size_voxels, fill_value=background_value(prep))
+
+
+def _false_positives(case: TrainingCase, predictor: WholePredictor, factor: float, prep: Preprocessing):
+    probabilities = predictor.predict(case_model_input(case, prep))
+    labels = scaled_argmax(probabilities, (factor,), compute_livermax=False).label_maps[factor]
+    detected = seg2det(labels, case.geometry)
+    truth = seg2det(case.labels, case.geometry)
+    hit = {pair.second_id for pair in overlap_pairs(truth, detected)}
+    false_positives = [lesion for lesion in detected if lesion.lesion_id not in hit]
+    # the largest first: they cost the most; a poorly trained model's hundreds of specks are capped
+    return sorted(false_positives, key=lambda lesion: -lesion.voxel_count)[:MAX_HARD_CASES_PER_STUDY]
+
+
+def patch_cases(
+    cases: Sequence[TrainingCase],
+    prep: Preprocessing,
+    config: CascadeConfig,
+    seed: int,
+    predictor: WholePredictor | None = None,
+    high_factor: float = 4.0,
+    progress: Callable[[str], None] | None = None,
+) -> list[TrainingCase]:
+    """Training patches of every case as small cases (one per patch) for ``train_network``."""
+    say = progress or log.info
+    settings = patch_settings(config, prep)
+    rng = np.random.default_rng(seed)
+    out: list[TrainingCase] = []
+    hard = 0
+    for index, case in enumerate(cases, 1):
+        truth = seg2det(case.labels, case.geometry)
+        false_positives = _false_positives(case, predictor, high_factor, prep) if predictor is not None else []
+        hard += len(false_positives)
+        if not truth and not false_positives:
+            continue
+        labels = case.labels.copy()
+        labels[~np.isin(labels, (int(Label.LIVER),) + LESION_LABELS)] = 0
+        source = PatchSource(patch_channels(case_model_input(case, prep), prep), labels)
+        for number, patch in enumerate(
+            training_patches(source, truth, config.training_patches_per_lesion, settings, rng,
+                             false_positives=false_positives)
+        ):
+            target = patch.labels.copy()
+            target[target == int(Label.LIVER)] = 0
+            out.append(
+                TrainingCase(
+                    case_id=f"{case.case_id}/patch{number}",
+                    phases=patch.image.astype(np.float16),
+                    present=case.present,
+                    labels=target.astype(np.uint8),
+                    geometry=case.geometry,
+                )
+            )
+        if index % 20 == 0 or index == len(cases):
+            say(f"patches: {index}/{len(cases)} studies, {len(out)} patches ({hard} hard-case detections)")
+    return out

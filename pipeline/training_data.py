@@ -1,0 +1,148 @@
+"""Phantom studies as training, validation and held-out evaluation cases on the model's working grid.
+
+Seed ranges are fixed so that held-out figures never see a training study:
+training seeds start at ``TRAIN_SEED_BASE``, validation at ``VALIDATION_SEED_BASE`` and held-out
+evaluation at ``HELD_OUT_SEED_BASE`` (the unit tests use seeds below 10 000).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pipeline.model import Preprocessing
+from pipeline.phantom import make_phantom
+from pipeline.train import TrainingCase, case_from_arrays
+from pipeline.types import PHASE_ORDER, Phase
+
+log = logging.getLogger(__name__)
+
+TRAIN_SEED_BASE = 10_000
+VALIDATION_SEED_BASE = 20_000
+HELD_OUT_SEED_BASE = 30_000
+
+#: Slice thicknesses (mm) drawn for training studies, with their weights.
+_THICKNESSES_MM: tuple[tuple[float, float], ...] = ((1.0, 0.1), (1.5, 0.1), (2.0, 0.15), (3.0, 0.2), (5.0, 0.45))
+#: In-plane matrices drawn for training studies (the field of view stays anatomical, so the pixel
+#: size varies with the matrix): domain randomisation of resolution.
+_MATRICES: tuple[tuple[int, float], ...] = ((256, 0.3), (384, 0.3), (512, 0.4))
+
+
+@dataclass(frozen=True)
+class PhantomCaseSpec:
+    """How one phantom study is generated."""
+
+    seed: int
+    slices: int
+    slice_thickness_mm: float
+    matrix: int
+    feet_first: bool
+    phases: tuple[Phase, ...] = PHASE_ORDER
+    lesions: bool = True
+
+    @property
+    def case_id(self) -> str:
+        return f"phantom-{self.seed}"
+
+
+def sample_case_spec(seed: int, phases: Sequence[Phase] = PHASE_ORDER, thickness_mm: float | None = None) -> PhantomCaseSpec:
+    """A randomised but seed-deterministic study: slice thickness 1-5 mm, 170-300 mm of coverage,
+    256-512 matrix, 20% feet-first, 10% without lesions."""
+    rng = np.random.default_rng([seed, 7919])
+    if thickness_mm is None:
+        values, weights = zip(*_THICKNESSES_MM)
+        thickness_mm = float(rng.choice(values, p=np.asarray(weights) / sum(weights)))
+    else:
+        rng.random()
+    extent_mm = float(rng.uniform(170.0, 300.0))
+    sizes, size_weights = zip(*_MATRICES)
+    matrix = int(rng.choice(sizes, p=np.asarray(size_weights) / sum(size_weights)))
+    return PhantomCaseSpec(
+        seed=seed,
+        slices=max(16, int(round(extent_mm / thickness_mm))),
+        slice_thickness_mm=thickness_mm,
+        matrix=matrix,
+        feet_first=bool(rng.random() < 0.2),
+        phases=tuple(phases),
+        lesions=bool(rng.random() >= 0.1),
+    )
+
+
+@dataclass
+class EvaluationCase:
+    """A held-out case: the working-grid case and its phase subset."""
+
+    case: TrainingCase
+    spec: PhantomCaseSpec
+
+
+def phantom_case(spec: PhantomCaseSpec, prep: Preprocessing) -> TrainingCase:
+    """Generate the phantom in memory, phases aligned as registration leaves them (residual motion
+    of up to about 2 mm), and resample it onto the working grid."""
+    volumes = make_phantom(
+        spec.seed,
+        phases=spec.phases,
+        slices=spec.slices,
+        slice_thickness_mm=spec.slice_thickness_mm,
+        feet_first=spec.feet_first,
+        lesions=spec.lesions,
+        rows=spec.matrix,
+        columns=spec.matrix,
+        workers=1,
+        motion="residual",
+    )
+    return case_from_arrays(spec.case_id, volumes.hu, volumes.labels, volumes.geometry, prep)
+
+
+def _phantom_case_job(args: tuple[PhantomCaseSpec, Preprocessing]) -> TrainingCase:
+    import torch
+
+    torch.set_num_threads(1)
+    return phantom_case(*args)
+
+
+def make_cases(
+    specs: Sequence[PhantomCaseSpec],
+    prep: Preprocessing,
+    processes: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> list[TrainingCase]:
+    """Generate cases for `specs` (in `processes` worker processes), in the order given."""
+    say = progress or log.info
+    cases: list[TrainingCase] = []
+    if processes <= 1:
+        for index, spec in enumerate(specs, 1):
+            cases.append(phantom_case(spec, prep))
+            say(f"phantom cases: {index}/{len(specs)}")
+        return cases
+    with ProcessPoolExecutor(max_workers=processes) as pool:
+        for index, case in enumerate(pool.map(_phantom_case_job, [(s, prep) for s in specs]), 1):
+            cases.append(case)
+            if index % 10 == 0 or index == len(specs):
+                say(f"phantom cases: {index}/{len(specs)}")
+    return cases
+
+
+#: Phase subsets of the held-out set, each evaluated at thin and thick slices.
+HELD_OUT_COMBINATIONS: tuple[tuple[Phase, ...], ...] = (
+    (Phase.NC, Phase.AP, Phase.VP, Phase.DP),
+    (Phase.NC, Phase.AP, Phase.VP),
+    (Phase.AP, Phase.VP),
+    (Phase.VP,),
+)
+
+
+def held_out_specs(count: int) -> list[PhantomCaseSpec]:
+    """`count` held-out studies cycling through every phase combination and through 5 mm, 2 mm and
+    1.5 mm slices."""
+    thicknesses = (5.0, 2.0, 5.0, 1.5)
+    specs = []
+    for index in range(count):
+        phases = HELD_OUT_COMBINATIONS[index % len(HELD_OUT_COMBINATIONS)]
+        thickness = thicknesses[(index // len(HELD_OUT_COMBINATIONS)) % len(thicknesses)]
+        specs.append(sample_case_spec(HELD_OUT_SEED_BASE + index, phases, thickness_mm=thickness))
+    return specs
