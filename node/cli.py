@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.set_defaults(handler=_cmd_phantom)
 
     from node.cli_node import register as register_node_commands
+    from node.cli_pipeline import register as register_pipeline_commands
+
+    register_pipeline_commands(sub)
     register_node_commands(sub)
 
     return parser

@@ -47,16 +47,16 @@ MODEL_NAME = "livernode-phantom-demo"
 class BundledRecipe:
     """Sizes of the bundled model's training run."""
 
-    train_studies: int = 160
-    validation_studies: int = 6
-    held_out_studies: int = 32
-    whole_iterations: int = 3000
-    whole_batch_size: int = 4
-    patch_iterations: int = 2500
-    patch_batch_size: int = 32
-    hard_case_studies: int = 80
-    processes: int = 8
-    loader_workers: int = 6
+    train_studies: int = 40
+    validation_studies: int = 2
+    held_out_studies: int = 16
+    whole_iterations: int = 700
+    whole_batch_size: int = 2
+    patch_iterations: int = 500
+    patch_batch_size: int = 16
+    hard_case_studies: int = 20
+    processes: int = 2
+    loader_workers: int = 0
     device: str = "auto"
     version: str = "0.1.0"
     #: "gpu": the full-size networks of pipeline.model at 3 x 2 x 2 mm; "cpu": narrower networks at
