@@ -214,6 +214,11 @@ class NodeService:
             log.info("results superseded by newer input before delivery; reprocessing", extra=extra)
 
     def _record_failure(self, job: Job, result: WorkResult) -> None:
+        if self._stop.is_set():
+            # the node is shutting down and killed the run: not the study's fault; the attempt
+            # stays open and is marked interrupted when the node starts again
+            log.info("run of study %s interrupted by shutdown", job.study_uid)
+            return
         backoff = (self.settings.worker.backoff_s, self.settings.worker.backoff_factor,
                    self.settings.worker.backoff_max_s)
         state = self.database.finish_failure(job, f"{result.error_kind}: {result.error}",

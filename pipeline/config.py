@@ -155,6 +155,8 @@ _DEFAULT_NC_PATTERNS: tuple[str, ...] = (
     r"\bsin\b",  # es "sin contraste"
     r"\bsenza\b",  # it "senza mdc"
     r"\bsimple\b",  # es "TC simple"
+    r"\bblanco\b",  # nl "blanco"
+    r"\bzonder\b",  # nl "zonder contrast"
     r"\bbasal",  # es "basal", it "basale"
     r"\bnc\b",
     r"\bncct\b",
@@ -175,6 +177,7 @@ _DEFAULT_VP_PATTERNS: tuple[str, ...] = (
     r"\bvenous\b",
     r"\bvenos",  # de venos (venös), es/it venosa/venoso
     r"\bveineu",  # fr veineux/veineuse
+    r"\bportaa?l",  # nl portaal
     r"\bpvc\b",
 )
 _DEFAULT_DP_PATTERNS: tuple[str, ...] = (
@@ -183,6 +186,7 @@ _DEFAULT_DP_PATTERNS: tuple[str, ...] = (
     r"\bspaet",
     r"tardi",  # fr tardif/tardive, es tardia/tardio, it tardiva
     r"\bretard",
+    r"\bvertraag",  # nl vertraagd
     r"equilib",  # equilibrium / equilibrio / equilibre
     r"\bdp\b",
     r"\blate\b(?!\s*art)",

@@ -222,7 +222,8 @@ def _apply_time_rule(candidates: list[PhaseLabel], config: PhaseRulesConfig) -> 
 
 def _apply_image_check(candidates: list[PhaseLabel], config: PhaseRulesConfig) -> None:
     """Fill in or overrule header labels from the enhancement seen in the image."""
-    for c in candidates:
+    header_phases = [c.phase for c in candidates]
+    for index, c in enumerate(candidates):
         if c.stats is None:
             if c.phase is None:
                 c.rule += "; image check unavailable"
@@ -239,7 +240,14 @@ def _apply_image_check(candidates: list[PhaseLabel], config: PhaseRulesConfig) -
             c.confidence = estimate.confidence * (0.8 if phase is Phase.NC or agent else 0.7)
             c.rule += f"; from the image: {estimate.reason}" + (f" (ContrastBolusAgent '{agent}')" if agent else "")
             continue
-        relabel = _contradiction(header, estimate)
+        others = {p for i, p in enumerate(header_phases) if i != index and p is not None}
+        relabel = _contradiction(header, estimate, others)
+        if relabel is Phase.NC and agent and math.isnan(c.stats.aorta_hu if c.stats else math.nan):
+            # "no enhanced aorta found" is absence of evidence; a contrast label that the
+            # ContrastBolusAgent attribute backs up is kept (the aorta finder misses some
+            # arterial phases: small or crowded aortas, heavy noise)
+            c.rule += f"; image: {estimate.reason}, header kept (ContrastBolusAgent '{agent}')"
+            continue
         if relabel is None:
             c.rule += f"; image agrees ({estimate.reason})"
             continue
@@ -259,8 +267,12 @@ def _phase_from_image(estimate: ImagePhaseEstimate) -> Phase | None:
     return None
 
 
-def _contradiction(header: Phase, estimate: ImagePhaseEstimate) -> Phase | None:
-    """The phase to use instead of `header` when the image clearly contradicts it, else None."""
+def _contradiction(header: Phase, estimate: ImagePhaseEstimate, other_headers: set[Phase]) -> Phase | None:
+    """The phase to use instead of `header` when the image clearly contradicts it, else None.
+
+    Contrast versus no contrast is clear. Arterial versus venous is not (a late arterial phase
+    can show a moderately enhanced aorta, an early portal phase a bright one): the header is
+    overruled only when no other series of the study claims the phase the image suggests."""
     outcome = estimate.outcome
     if header in _CONTRAST_PHASES and outcome == Phase.NC.value:
         return Phase.NC
@@ -268,9 +280,9 @@ def _contradiction(header: Phase, estimate: ImagePhaseEstimate) -> Phase | None:
         return Phase.AP
     if header is Phase.NC and outcome in (VENOUS_OR_DELAYED, CONTRAST_UNSPECIFIED):
         return Phase.VP
-    if header is Phase.AP and outcome == VENOUS_OR_DELAYED:
+    if header is Phase.AP and outcome == VENOUS_OR_DELAYED and Phase.VP not in other_headers:
         return Phase.VP
-    if header in (Phase.VP, Phase.DP) and outcome == Phase.AP.value:
+    if header in (Phase.VP, Phase.DP) and outcome == Phase.AP.value and Phase.AP not in other_headers:
         return Phase.AP
     return None
 

@@ -155,7 +155,7 @@ def test_image_check_relabels_a_mislabelled_series(tmp_path):
     series = _study(
         tmp_path,
         [
-            Spec("NC", "Portal venous", "120000"),  # says venous, shows no contrast
+            Spec("NC", "Portal venous", "120000", agent=None),  # says venous, shows no contrast
             Spec("VP", "Abdomen", "120110"),
         ],
     )
@@ -245,3 +245,20 @@ def test_phase_rules_config_is_checked():
         PhaseRulesConfig(vp_patterns=("portal(",))
     with pytest.raises(ConfigError, match="ap_window_s"):
         PhaseRulesConfig(ap_window_s=(60.0, 30.0))
+
+
+def test_arterial_label_is_kept_when_another_series_is_the_venous_phase(tmp_path):
+    # a weak (late) arterial phase looks venous to the image check; the study's own venous series
+    # shows the header is right, so it is not relabelled (two "venous" series would lose the AP)
+    series = _study(tmp_path, [Spec("VP", "Arterial phase", "120030"), Spec("VP", "Portal venous", "120110")])
+    assignment = identify_phases(series)
+    assert _by_number(assignment) == {Phase.AP: 1, Phase.VP: 2}
+    assert "relabelled" not in _decision(assignment, series[0]).rule
+
+
+def test_contrast_label_backed_by_the_contrast_agent_is_kept_without_an_enhanced_aorta(tmp_path):
+    # "no enhanced aorta found" is absence of evidence: with ContrastBolusAgent set the header stays
+    series = _study(tmp_path, [Spec("NC", "Arterial phase", "120030"), Spec("VP", "Portal venous", "120110")])
+    assignment = identify_phases(series)
+    assert _by_number(assignment) == {Phase.AP: 1, Phase.VP: 2}
+    assert "header kept (ContrastBolusAgent" in _decision(assignment, series[0]).rule
