@@ -104,3 +104,12 @@ def test_check_config_command(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=REPO,
     )
     assert good.returncode == 0, good.stderr
+
+
+def test_default_yaml_values_equal_the_embedded_defaults() -> None:
+    from pathlib import Path
+
+    from node.settings import Settings, load_settings
+
+    repo = Path(__file__).resolve().parents[3]
+    assert load_settings(repo / "config" / "default.yaml") == Settings()
