@@ -25,6 +25,7 @@ if [ "$with_test" = 1 ]; then
   command -v storescu >/dev/null || need+=(dcmtk)
   command -v dciodvfy >/dev/null || need+=(dicom3tools)
   { command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ]; } || need+=(orthanc orthanc-python)
+  [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "setup.sh: installing ${need[*]} with apt-get"
