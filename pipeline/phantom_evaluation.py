@@ -17,13 +17,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pipeline.backends import CardBackend
-from pipeline.cascade import run_cascade, save_evaluation_npz
+from pipeline.cascade import save_evaluation_npz
 from pipeline.config import CascadeConfig
 from pipeline.evaluate import evaluate_folders
 from pipeline.evaluation_report import write_report
-from pipeline.inference import background_value
+from pipeline.model_cascade import cascade_on_prediction
 from pipeline.train import TrainingCase, case_model_input, dice_per_class
-from pipeline.train_patch import patch_channels
 from pipeline.training_data import PhantomCaseSpec, make_cases
 from pipeline.types import LESION_LABELS, Label
 
@@ -52,15 +51,7 @@ def evaluate_case(
     prep = backend.preprocessing
     model_input = case_model_input(case, prep)
     prediction = backend.predict_model_input(model_input)
-    result = run_cascade(
-        prediction.probabilities,
-        model_input.hu,
-        model_input.geometry,
-        backend.patch_model(model_input.present),
-        config,
-        patch_channels=patch_channels(model_input, prep),
-        patch_fill_value=background_value(prep),
-    )
+    result = cascade_on_prediction(prediction, backend, config)
     save_evaluation_npz(result, pred_dir / f"{case.case_id}.npz")
     truth_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(

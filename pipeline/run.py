@@ -10,20 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from pipeline.backends import SegmentationBackend
-from pipeline.cascade import CascadeResult, run_cascade
+from pipeline.cascade import CascadeResult
 from pipeline.config import CascadeConfig, PhaseRulesConfig, RegistrationConfig, SeriesConfig
 from pipeline.dicom_scan import SkippedItem
 from pipeline.errors import InputError
-from pipeline.inference import background_value
 from pipeline.phases import PhaseAssignment, identify_phases
 from pipeline.reference_grid import labels_to_reference, lesions_to_reference
+from pipeline.model_cascade import cascade_on_prediction
 from pipeline.registration import RegisteredStudy, register_study
 from pipeline.series import StudyScan, group_studies, load_series, scan_files
-from pipeline.train_patch import patch_channels
 from pipeline.types import Decision, Findings
 
 log = logging.getLogger(__name__)
@@ -79,17 +78,7 @@ def run_study(study: StudyScan, backend: SegmentationBackend, config: StudyConfi
     timings["segmentation_s"] = time.perf_counter() - t0
 
     model_input = prediction.model_input
-    prep = backend.preprocessing
-    cascade_config = replace(config.cascade, patch_size_voxels=prep.patch_size_voxels)
-    result = run_cascade(
-        prediction.probabilities,
-        model_input.hu,
-        model_input.geometry,
-        backend.patch_model(model_input.present),
-        cascade_config,
-        patch_channels=patch_channels(model_input, prep),
-        patch_fill_value=background_value(prep),
-    )
+    result = cascade_on_prediction(prediction, backend, config.cascade)
     timings.update({f"cascade_{k}": v for k, v in result.timings_s.items()})
 
     t0 = time.perf_counter()

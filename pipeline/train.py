@@ -36,7 +36,7 @@ from pipeline.model import (
     select_device,
     write_model_card,
 )
-from pipeline.types import LESION_LABELS, NUM_CLASSES, PHASE_ORDER, Label, Phase, VolumeGeometry
+from pipeline.types import LESION_LABELS, PHASE_ORDER, Label, Phase, VolumeGeometry
 
 log = logging.getLogger(__name__)
 
