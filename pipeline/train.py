@@ -32,6 +32,7 @@ from pipeline.model import (
     NetworkSpec,
     Preprocessing,
     WeightsEntry,
+    load_native_network,
     save_native_weights,
     select_device,
     write_model_card,
@@ -77,6 +78,8 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
+    #: weight of the lesion classes (1-6) in the loss, against 1 for every other class.
+    lesion_class_weight: float = 1.0
 
 
 def case_from_arrays(
@@ -267,17 +270,21 @@ def train_network(
     weights_name: str,
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
+    init_weights: Path | None = None,
 ) -> TrainResult:
-    """Train `spec` on `train_cases` (crops), validating on whole `val_cases`; checkpoint to `out_dir`."""
+    """Train `spec` on `train_cases` (crops), validating on whole `val_cases`; checkpoint to `out_dir`.
+    `init_weights` starts from earlier weights of the same network (fine-tuning)."""
     say = progress or log.info
     device = select_device(config.device)
     torch.manual_seed(config.seed)
-    network = spec.build().to(device)
+    network = load_native_network(init_weights, spec, device) if init_weights else spec.build().to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=config.iterations, pct_start=0.1
     )
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    class_weight = torch.ones(spec.out_channels, device=device)
+    class_weight[list(LESION_LABELS)] = config.lesion_class_weight
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True, weight=class_weight)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / f"{Path(weights_name).stem}.checkpoint.pt"
     start = 0

@@ -51,6 +51,11 @@ class BundledRecipe:
     validation_studies: int = 2
     held_out_studies: int = 16
     whole_iterations: int = 700
+    #: a second UNet_whole stage from the first one's weights with the lesion classes weighted up
+    #: (0 iterations: none).
+    whole_finetune_iterations: int = 400
+    whole_finetune_lesion_weight: float = 4.0
+    whole_finetune_positive_fraction: float = 0.9
     whole_batch_size: int = 2
     patch_iterations: int = 500
     patch_batch_size: int = 16
@@ -78,6 +83,7 @@ class BundledRecipe:
     def small(self) -> "BundledRecipe":
         """A recipe that runs in minutes on a CPU (smoke runs and tests; not the bundled weights)."""
         return replace(self, train_studies=3, validation_studies=0, held_out_studies=1, whole_iterations=4,
+                       whole_finetune_iterations=2,
                        whole_batch_size=1, patch_iterations=4, patch_batch_size=4, hard_case_studies=2,
                        processes=1, loader_workers=0)
 
@@ -118,6 +124,19 @@ def train_bundled(
     )
     whole = train_network(whole_spec, train_cases, val_cases, prep, whole_config, work_dir, "unet_whole.pt",
                           resume=resume, progress=say)
+    if recipe.whole_finetune_iterations > 0:
+        finetune_config = replace(
+            whole_config,
+            iterations=recipe.whole_finetune_iterations,
+            learning_rate=whole_config.learning_rate / 2,
+            lesion_class_weight=recipe.whole_finetune_lesion_weight,
+            positive_fraction=recipe.whole_finetune_positive_fraction,
+            validate_every=max(1, recipe.whole_finetune_iterations // 2),
+            seed=5,
+        )
+        tuned = train_network(whole_spec, train_cases, val_cases, prep, finetune_config, work_dir,
+                              "unet_whole_finetuned.pt", resume=resume, progress=say, init_weights=whole.weights_path)
+        whole = replace(tuned, iterations=whole.iterations + tuned.iterations, seconds=whole.seconds + tuned.seconds)
 
     device = select_device(recipe.device)
     network = load_native_network(whole.weights_path, whole_spec, device)
