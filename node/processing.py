@@ -111,11 +111,14 @@ class StudyProcessor:
                                 self.settings.results.segmentation_type)
         reference_seg = segs[Phase.VP].segmentation
         sr = build_sr(findings, sources[Phase.VP], reference_seg, uids, self.algorithm)
-        items = [GateItem(segs[Phase.VP].segmentation, segment_stats(findings, self.settings.results.segmentation_type),
-                          findings.geometry)]
-        items += [GateItem(p.segmentation, p.expected, p.geometry) for phase, p in segs.items() if phase is not Phase.VP]
+        order = [Phase.VP, *(phase for phase in segs if phase is not Phase.VP)]
+        items = [
+            GateItem(segs[Phase.VP].segmentation,
+                     segment_stats(findings, self.settings.results.segmentation_type), findings.geometry),
+            *(GateItem(segs[phase].segmentation, segs[phase].expected, segs[phase].geometry) for phase in order[1:]),
+        ]
         reports = gate_all([*items, sr])
-        names = [f"seg-{phase.value}.dcm" for phase in segs] + ["sr.dcm"]
+        names = [f"seg-{phase.value}.dcm" for phase in order] + ["sr.dcm"]
         files = _write_gated(reports, names, output_dir)
         findings_path = output_dir / "findings.json"
         document = findings_document(findings, run.assignment, run.registered)

@@ -66,8 +66,10 @@ def test_process_writes_gated_seg_per_phase_and_sr(tmp_path: Path, model_dir: Pa
     files = sorted((tmp_path / "out").glob("*.dcm"))
     classes = {f.name: pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID for f in files}
     assert classes == {"seg-AP.dcm": SEG_CLASS, "seg-VP.dcm": SEG_CLASS, "sr.dcm": SR_CLASS}
+    for phase in (Phase.AP, Phase.VP):  # each SEG is drawn on (and references) its own phase's series
+        seg = pydicom.dcmread(tmp_path / "out" / f"seg-{phase.value}.dcm", stop_before_pixels=True)
+        assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [study.series_uids[phase]]
     seg_vp = pydicom.dcmread(tmp_path / "out" / "seg-VP.dcm", stop_before_pixels=True)
-    assert seg_vp.ReferencedSeriesSequence[0].SeriesInstanceUID == study.series_uids[Phase.VP]
     assert seg_vp.StudyInstanceUID == pydicom.dcmread(next((study.out_dir / "dicom" / "VP").glob("*.dcm"))).StudyInstanceUID
     findings = json.loads((tmp_path / "out" / "findings.json").read_text())
     assert findings["analysed"] is True
@@ -101,9 +103,10 @@ def test_corrupt_weights_give_a_clear_error(tmp_path: Path, model_dir: Path) -> 
     for item in model_dir.iterdir():
         if item.is_file():
             (broken / item.name).write_bytes(item.read_bytes())
-    weights = broken / "unet_whole.pt"
+    card = json.loads((broken / "model_card.json").read_text())
+    weights = broken / card["whole"]["file"]
     weights.write_bytes(weights.read_bytes()[:1000])
     study = write_phantom_study(tmp_path / "study", seed=13, phases=[Phase.VP], slices=10, rows=64, columns=64)
     result = _process(study.out_dir / "dicom", tmp_path / "out", _config(tmp_path, broken))
     assert result.returncode == 1
-    assert "unet_whole.pt" in result.stderr and "sha256" in result.stderr
+    assert weights.name in result.stderr and "sha256" in result.stderr
