@@ -19,8 +19,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +26,10 @@ from typing import Any
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from node.database import Database
-from node.health import HealthServer
-from node.records import Job, StoreOutcome
+from node.records import StoreOutcome
 from node.scp import evaluate_store
-from node.service import WORK_DIR, NodeAddresses, NodeService
-from node.worker import WorkerProcess, WorkResult
+from node.service import NodeAddresses, NodeService
+from node.worker import WorkerProcess
 from node.settings import Settings, validate_settings
 from node.spool import Spool
 
@@ -231,33 +228,6 @@ class EmbeddedNode(NodeService):
         self.worker = NicedWorkerProcess(w.processor_factory, settings.model_dump_json(), w.timeout_s,
                                          w.start_timeout_s, w.memory_limit_mb, nice=worker_nice)
 
-    def start(self) -> NodeAddresses:
+    def start(self, listen: bool = False) -> NodeAddresses:
         """Recover from any interruption, then start the loops. No DICOM port is bound (0)."""
-        self.spool.remove_partial_files()
-        for uid in self.database.recover_interrupted(self.settings.worker.max_attempts):
-            log.warning("study %s was being processed when Orthanc stopped; queued again", uid,
-                        extra={"study_uid": uid})
-        shutil.rmtree(self.data_dir / WORK_DIR / "input", ignore_errors=True)
-        for name, target in (("completeness", self._completeness_loop), ("processing", self._processing_loop),
-                             ("delivery", self._delivery_loop)):
-            thread = threading.Thread(target=self._guard(target), name=f"livernode-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        http_port = None
-        if self.settings.http.enabled:
-            self._health = HealthServer(self.settings.http.host, self.settings.http.port, self.health,
-                                        self.render_metrics)
-            self._health.start()
-            http_port = self._health.port
-        log.info("livernode started inside Orthanc (no DICOM listener); HTTP port %s", http_port)
-        return NodeAddresses(0, http_port)
-
-    def _record_failure(self, job: Job, result: WorkResult) -> None:
-        """A run that failed because Orthanc is stopping (the worker is killed by stop()) is not the
-        study's fault: it stays PROCESSING, and the next start marks the attempt interrupted and
-        queues the study again, as after a crash. Other failures are recorded as in the node."""
-        if self._stop.is_set():
-            log.warning("attempt %d interrupted by shutdown (%s); processed again after the restart",
-                        job.attempt, result.error, extra={"study_uid": job.study_uid, "attempt": job.attempt})
-            return
-        super()._record_failure(job, result)
+        return super().start(listen=False)

@@ -80,14 +80,15 @@ class NodeService:
     # ----------------------------------------------------------------------------------------
     # life
 
-    def start(self) -> NodeAddresses:
-        """Recover from any interruption, then start every part. Returns the bound ports."""
+    def start(self, listen: bool = True) -> NodeAddresses:
+        """Recover from any interruption, then start every part. Returns the bound ports (DICOM port
+        0 with `listen=False`: inside Orthanc, which receives, the plugin spools)."""
         self.spool.remove_partial_files()
         for uid in self.database.recover_interrupted(self.settings.worker.max_attempts):
             log.warning("study %s was being processed when the node stopped; queued again", uid,
                         extra={"study_uid": uid})
         shutil.rmtree(self.data_dir / WORK_DIR / "input", ignore_errors=True)
-        port = self.scp.start()
+        port = self.scp.start() if listen else 0
         for name, target in (("completeness", self._completeness_loop), ("processing", self._processing_loop),
                              ("delivery", self._delivery_loop)):
             thread = threading.Thread(target=self._guard(target), name=f"livernode-{name}", daemon=True)
@@ -99,7 +100,7 @@ class NodeService:
                                         self.render_metrics)
             self._health.start()
             http_port = self._health.port
-        log.info("node started: DICOM port %d, HTTP port %s", port, http_port)
+        log.info("node started: DICOM port %s, HTTP port %s", port if listen else "none", http_port)
         return NodeAddresses(port, http_port)
 
     def stop(self) -> None:
