@@ -219,19 +219,8 @@ def make_phantom(
 ) -> PhantomVolumes:
     """Generate a phantom study in memory (no disk I/O). ``motion="residual"`` leaves the phases
     aligned as registration would (training data for the models)."""
-    spec = PhantomSpec(
-        seed,
-        tuple(phases),
-        slices,
-        slice_thickness_mm,
-        feet_first,
-        lesions,
-        rows,
-        columns,
-        None if lesion_requests is None else tuple(lesion_requests),
-        noise,
-        motion,
-    )
+    spec = PhantomSpec(seed, tuple(phases), slices, slice_thickness_mm, feet_first, lesions, rows, columns,
+                       None if lesion_requests is None else tuple(lesion_requests), noise, motion)
     return _generate(spec, workers=workers)
 
 
@@ -410,20 +399,10 @@ def write_phantom_study(
     """Generate a phantom study and write it: DICOM series per phase plus ground truth."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    spec = PhantomSpec(
-        seed,
-        tuple(phases),
-        slices,
-        slice_thickness_mm,
-        feet_first,
-        lesions,
-        rows,
-        columns,
-        None if lesion_requests is None else tuple(lesion_requests),
-        noise,
-    )
+    vol = make_phantom(seed, phases, slices, slice_thickness_mm, feet_first, lesions, rows, columns,
+                       lesion_requests, noise)
+    spec = vol.spec
     series_dirs = {p: out_dir / "dicom" / p.value for p in spec.phases}
-    vol = _generate(spec)
     scanner, identity = vol.scanner, vol.identity
 
     def write(phase: Phase) -> None:
