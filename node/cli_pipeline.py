@@ -1,5 +1,5 @@
 """Offline subcommands: ``process`` (one study folder to results), ``evaluate`` (metrics of
-predictions against ground truth) and ``train`` (models on phantoms)."""
+predictions against ground truth) and ``train`` (UNet_whole / UNet_patch on a dataset folder or phantoms, or the bundled model)."""
 
 from __future__ import annotations
 
@@ -62,16 +62,74 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.errors import PipelineError
+    from pipeline.model import ModelLoadError
+
+    handlers = {"bundled": _train_bundled, "whole": _train_whole, "patch": _train_patch}
+    try:
+        return handlers[args.what](args)
+    except (PipelineError, ModelLoadError, ValueError) as error:
+        print(f"livernode train {args.what}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _train_bundled(args: argparse.Namespace) -> int:
     from pipeline.train_bundled import BundledRecipe, train_bundled
 
-    recipe = replace(BundledRecipe(), size=args.size)
-    if args.studies is not None:
-        recipe = replace(recipe, train_studies=args.studies)
+    recipe = replace(BundledRecipe(), size=args.size, device=args.device)
+    if args.phantoms is not None:
+        recipe = replace(recipe, train_studies=args.phantoms)
     if args.iterations is not None:
         recipe = replace(recipe, whole_iterations=args.iterations, patch_iterations=args.iterations)
-    card = train_bundled(Path(args.out_dir), Path(args.work_dir), recipe, resume=args.resume, progress=print)
+    out_dir = Path(args.out_dir or "pipeline/models/phantom-demo")
+    card = train_bundled(out_dir, Path(args.work_dir), recipe, resume=args.resume, progress=print)
     metrics = json.loads(card.read_text(encoding="utf-8")).get("metrics", {})
     print(f"wrote {card}; held-out liver Dice {metrics.get('held_out_liver_dice_mean', float('nan')):.3f}")
+    return EXIT_OK
+
+
+def _source(args: argparse.Namespace):
+    from pipeline.train_models import TrainingSource
+
+    if (args.data is None) == (args.phantoms is None):
+        raise ValueError("give exactly one of --data DATASET_FOLDER and --phantoms N")
+    return TrainingSource(dataset=Path(args.data) if args.data else None, phantoms=args.phantoms or 0,
+                          validation_fraction=args.validation_fraction)
+
+
+def _train_whole(args: argparse.Namespace) -> int:
+    from pipeline.train import TrainConfig
+    from pipeline.train_bundled import BundledRecipe
+    from pipeline.train_models import ModelShape, train_whole_model
+
+    if not args.out_dir:
+        raise ValueError("--out MODEL_FOLDER is required")
+    whole, patch, prep = replace(BundledRecipe(), size=args.size).networks()
+    config = TrainConfig(iterations=args.iterations or 2000, batch_size=args.batch_size or 2,
+                         lesion_class_weight=args.lesion_weight or 1.0, device=args.device,
+                         validate_every=max(1, (args.iterations or 2000) // 4), seed=1,
+                         learning_rate=2e-3 if args.init is None else 1e-3)
+    card = train_whole_model(Path(args.out_dir), Path(args.work_dir), _source(args), config,
+                             ModelShape(whole, patch, prep), init_model=Path(args.init) if args.init else None,
+                             name=args.name, resume=args.resume, progress=print)
+    print(f"wrote {card}")
+    return EXIT_OK
+
+
+def _train_patch(args: argparse.Namespace) -> int:
+    from pipeline.train import TrainConfig
+    from pipeline.train_bundled import BundledRecipe
+    from pipeline.train_models import train_patch_model
+
+    if not args.model_dir:
+        raise ValueError("--model MODEL_FOLDER (with UNet_whole) is required")
+    _, patch_spec, _ = replace(BundledRecipe(), size=args.size).networks()
+    config = TrainConfig(iterations=args.iterations or 2000, batch_size=args.batch_size or 16,
+                         positive_fraction=0.5, lesion_class_weight=args.lesion_weight or 3.0,
+                         device=args.device, seed=3)
+    card = train_patch_model(Path(args.model_dir), Path(args.work_dir), _source(args), config, patch_spec,
+                             hard_case_studies=args.hard_case_studies, resume=args.resume, progress=print)
+    print(f"wrote {card}")
     return EXIT_OK
 
 
@@ -90,14 +148,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--min-volume-ml", type=float, default=0.5, help="ignore lesions below this (default 0.5)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
-    train = sub.add_parser("train", help="train the models on synthetic phantoms")
-    train.add_argument("what", choices=["bundled"],
-                       help="bundled: reproduce the bundled demo model (UNet_whole, hard cases, UNet_patch, "
-                            "held-out evaluation)")
-    train.add_argument("--out", dest="out_dir", default="pipeline/models/phantom-demo", help="model folder")
-    train.add_argument("--work", dest="work_dir", default="livernode-data/train/work", help="checkpoints")
-    train.add_argument("--size", choices=["cpu", "gpu"], default="cpu", help="network size recipe")
-    train.add_argument("--studies", type=int, help="training studies (default: the recipe's)")
-    train.add_argument("--iterations", type=int, help="iterations per network (default: the recipe's)")
+    train = sub.add_parser(
+        "train", help="train UNet_whole or UNet_patch on a labelled dataset folder or phantoms",
+        description="whole: UNet_whole into a new model folder (--out), from scratch or from --init; "
+                    "patch: UNet_patch added to a model folder (--model), hard cases mined by its UNet_whole; "
+                    "bundled: reproduce the bundled demo model from scratch (both networks, held-out "
+                    "evaluation). Dataset folders: nnU-Net v2 raw layout, docs/models.md.")
+    train.add_argument("what", choices=["whole", "patch", "bundled"])
+    train.add_argument("--data", help="labelled dataset folder (dataset.json, imagesTr/, labelsTr/)")
+    train.add_argument("--phantoms", type=int, help="train on N synthetic phantom studies instead")
+    train.add_argument("--out", dest="out_dir", help="model folder to write (whole, bundled)")
+    train.add_argument("--model", dest="model_dir", help="model folder to add UNet_patch to (patch)")
+    train.add_argument("--init", help="model folder whose UNet_whole to start from (whole: fine-tuning)")
+    train.add_argument("--work", dest="work_dir", default="livernode-data/train/work",
+                       help="checkpoints and cached cases (default livernode-data/train/work)")
+    train.add_argument("--size", choices=["cpu", "gpu"], default="cpu", help="network size recipe (default cpu)")
+    train.add_argument("--iterations", type=int, help="iterations (default: 2000, bundled: the recipe's)")
+    train.add_argument("--batch-size", type=int, help="batch size (default: whole 2, patch 16)")
+    train.add_argument("--lesion-weight", type=float, help="loss weight of the lesion classes (whole 1, patch 3)")
+    train.add_argument("--validation-fraction", type=float, default=0.1, help="patients held out for validation")
+    train.add_argument("--hard-case-studies", type=int, default=20, help="studies mined for hard cases (patch)")
+    train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")
     train.set_defaults(handler=_cmd_train)

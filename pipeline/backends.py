@@ -27,6 +27,7 @@ from pipeline.model import (
     read_model_card,
     select_device,
     sha256_of,
+    use_bf16,
     verified_weights_path,
 )
 from pipeline.types import NUM_CLASSES, ModelIdentity, Phase, VolumeGeometry
@@ -62,8 +63,16 @@ class SegmentationBackend(Protocol):
 class CardBackend:
     """Native or TorchScript weights described by a livernode model card."""
 
-    def __init__(self, model_dir: Path, device: torch.device, overlap: float = 0.25, mirror_tta: bool = False) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        device: torch.device,
+        overlap: float = 0.25,
+        mirror_tta: bool = False,
+        precision: str = "auto",
+    ) -> None:
         card = read_model_card(model_dir)
+        self.bf16 = use_bf16(device, precision)
         self.card = card
         self.identity = card.identity()
         self.preprocessing = card.preprocessing
@@ -73,7 +82,9 @@ class CardBackend:
             whole = load_torchscript_network(whole_path, device)
         else:
             whole = load_native_network(whole_path, card.whole.network or WHOLE_NETWORK, device)
-        self._whole = WholePredictor(whole, card.preprocessing, device, overlap=overlap, mirror_tta=mirror_tta)
+        self._whole = WholePredictor(
+            whole, card.preprocessing, device, overlap=overlap, mirror_tta=mirror_tta, bf16=self.bf16
+        )
         self._patch: torch.nn.Module | None = None
         if card.patch is not None:
             patch_path = verified_weights_path(model_dir, card.patch)
@@ -81,7 +92,8 @@ class CardBackend:
                 self._patch = load_torchscript_network(patch_path, device)
             else:
                 self._patch = load_native_network(patch_path, card.patch.network or PATCH_NETWORK, device)
-        log.info("loaded model %s %s (%s) on %s", card.name, card.version, card.format, device)
+        log.info("loaded model %s %s (%s) on %s%s", card.name, card.version, card.format, device,
+                 " with bfloat16 autocast" if self.bf16 else "")
 
     def predict(self, hu_by_phase: dict[Phase, np.ndarray], geometry: VolumeGeometry) -> Prediction:
         return self.predict_model_input(prepare_input(hu_by_phase, geometry, self.preprocessing))
@@ -96,7 +108,7 @@ class CardBackend:
     def patch_model(self, present: tuple[Phase, ...]) -> PatchModel | None:
         if self._patch is None:
             return None
-        return make_patch_model(self._patch, present, self.preprocessing, self.device)
+        return make_patch_model(self._patch, present, self.preprocessing, self.device, bf16=self.bf16)
 
 
 class NnUNetBackend:
@@ -163,7 +175,8 @@ def load_backend(config: BackendConfig, bundled_dir: Path) -> SegmentationBacken
     device = select_device(config.device)
     if config.kind == "nnunet":
         return NnUNetBackend(model_dir, device, config.nnunet_folds, config.nnunet_checkpoint)
-    backend = CardBackend(model_dir, device, overlap=config.overlap, mirror_tta=config.mirror_tta)
+    backend = CardBackend(model_dir, device, overlap=config.overlap, mirror_tta=config.mirror_tta,
+                          precision=config.precision)
     if config.kind != backend.card.format:
         raise ModelLoadError(
             f"{model_dir}: configured kind {config.kind!r} but the model card says {backend.card.format!r}"

@@ -353,6 +353,7 @@ class BackendConfig:
     device: str = "auto"  # auto | cpu | cuda
     mirror_tta: bool = False
     overlap: float = 0.25
+    precision: str = "auto"  # auto (bfloat16 where the CPU/GPU runs it fast) | float32 | bfloat16
     nnunet_folds: tuple[int, ...] = (0,)
     nnunet_checkpoint: str = "checkpoint_final.pth"
 
@@ -363,3 +364,5 @@ class BackendConfig:
             raise ConfigError(f"device: must be auto, cpu or cuda, not {self.device!r}")
         if not 0.0 <= self.overlap < 1.0:
             raise ConfigError("overlap: must be in [0, 1)")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"precision: must be auto, float32 or bfloat16, not {self.precision!r}")

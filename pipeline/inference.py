@@ -128,8 +128,10 @@ class WholePredictor:
         overlap: float = 0.25,
         mirror_tta: bool = False,
         sw_batch_size: int = 1,
+        bf16: bool = False,
     ) -> None:
         self.network = network
+        self.bf16 = bf16
         self.prep = prep
         self.device = device
         self.overlap = overlap
@@ -137,7 +139,7 @@ class WholePredictor:
         self.sw_batch_size = sw_batch_size
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.network(batch)
         return logits.float()
 
@@ -178,11 +180,16 @@ class WholePredictor:
 
 
 def make_patch_model(
-    network: torch.nn.Module, present: tuple[Phase, ...], prep: Preprocessing, device: torch.device, batch_size: int = 8
+    network: torch.nn.Module,
+    present: tuple[Phase, ...],
+    prep: Preprocessing,
+    device: torch.device,
+    batch_size: int = 8,
+    bf16: bool = False,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """A PatchModel callable: image patches (B, P, Z, Y, X) of the normalised phases (P = number of
     phases in ``prep.phases``) -> lesion labels (B, Z, Y, X) uint8 (0 background, 1-6 lesion types).
-    Presence channels are added here from `present`."""
+    Presence channels are added here from `present`; `bf16` runs the network under bfloat16 autocast."""
     order = prep.phase_order
     presence = torch.tensor([1.0 if p in present else 0.0 for p in order], dtype=torch.float32)
 
@@ -197,7 +204,7 @@ def make_patch_model(
             pres = presence.view(1, -1, 1, 1, 1).expand(chunk.shape[0], -1, *chunk.shape[2:])
             batch = torch.cat([chunk, pres], dim=1).to(device)
             batch = _pad_to_divisor(batch, _network_divisor(network))
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = network(batch)
             logits = logits[..., : chunk.shape[2], : chunk.shape[3], : chunk.shape[4]]
             out.append(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())

@@ -69,13 +69,15 @@ def evaluate_on_phantoms(
     out_dir: Path,
     progress: Callable[[str], None] | None = None,
     processes: int = 1,
+    cache_dir: Path | None = None,
 ) -> PhantomEvaluation:
     """Evaluate `backend` with the cascade on the phantom studies `specs`; write the report
-    (``evaluation.json``, ``evaluation.md``) and ``liver_dice.json`` to `out_dir`."""
+    (``evaluation.json``, ``evaluation.md``) and ``liver_dice.json`` to `out_dir`. `cache_dir`
+    keeps the generated cases for the next evaluation."""
     say = progress or log.info
     pred_dir, truth_dir = out_dir / "predictions", out_dir / "truth"
     dice: dict[str, float] = {}
-    cases = make_cases(specs, backend.preprocessing, processes, say)
+    cases = make_cases(specs, backend.preprocessing, processes, say, cache_dir=cache_dir)
     for index, (spec, case) in enumerate(zip(specs, cases), 1):
         dice[case.case_id] = evaluate_case(backend, case, config, pred_dir, truth_dir)
         phases = "+".join(p.value for p in spec.phases)

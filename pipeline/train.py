@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -35,6 +36,7 @@ from pipeline.model import (
     load_native_network,
     save_native_weights,
     select_device,
+    use_bf16,
     write_model_card,
 )
 from pipeline.types import LESION_LABELS, PHASE_ORDER, Label, Phase, VolumeGeometry
@@ -80,6 +82,8 @@ class TrainConfig:
     device: str = "auto"
     #: weight of the lesion classes (1-6) in the loss, against 1 for every other class.
     lesion_class_weight: float = 1.0
+    #: auto: bfloat16 autocast where the hardware runs it fast (pipeline.model.bf16_supported)
+    precision: str = "auto"
 
 
 def case_from_arrays(
@@ -292,8 +296,16 @@ def train_network(
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         start = int(state["iteration"])
+        if int(state.get("total_iterations", config.iterations)) == config.iterations:
+            scheduler.load_state_dict(state["scheduler"])
+        else:
+            # a longer (or shorter) run than the checkpoint's: the learning-rate schedule is redrawn
+            # over the new length and wound forward to where training stopped
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for _ in range(min(start, config.iterations)):
+                    scheduler.step()
         say(f"resumed from {checkpoint_path} at iteration {start}")
 
     dataset = Dataset([_sample_dict(c) for c in train_cases], transform=build_transforms(config, config.seed + start))
@@ -305,7 +317,10 @@ def train_network(
         collate_fn=_collate,
         persistent_workers=config.num_workers > 0,
     )
-    predictor = WholePredictor(network, prep, device)
+    bf16 = use_bf16(device, config.precision)
+    if bf16:
+        say(f"{weights_name}: training under bfloat16 autocast on {device}")
+    predictor = WholePredictor(network, prep, device, bf16=bf16)
     started = time.perf_counter()
     iteration = start
     running = 0.0
@@ -316,7 +331,7 @@ def train_network(
             break
         image = batch["image"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = network(image)
         loss = loss_fn(logits.float(), label)
         optimizer.zero_grad(set_to_none=True)
@@ -325,7 +340,8 @@ def train_network(
         optimizer.step()
         scheduler.step()
         iteration += 1
-        running = 0.98 * running + 0.02 * float(loss) if iteration > start + 1 else float(loss)
+        value = float(loss.detach())
+        running = 0.98 * running + 0.02 * value if iteration > start + 1 else value
         if iteration % 50 == 0 or iteration == config.iterations:
             elapsed = time.perf_counter() - started
             rate = (iteration - start) / max(elapsed, 1e-9)
@@ -335,7 +351,8 @@ def train_network(
         if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
             torch.save(
                 {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "iteration": iteration},
+                 "scheduler": scheduler.state_dict(), "iteration": iteration,
+                 "total_iterations": config.iterations},
                 checkpoint_path,
             )
         if val_cases and (iteration % config.validate_every == 0 or iteration == config.iterations):

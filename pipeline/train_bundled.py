@@ -25,11 +25,12 @@ from pipeline.model import (
     Preprocessing,
     load_native_network,
     select_device,
+    use_bf16,
 )
 from pipeline.types import LESION_LABELS, NUM_CLASSES
 from pipeline.phantom_evaluation import evaluate_on_phantoms
 from pipeline.train import TrainConfig, TrainResult, train_network, write_card
-from pipeline.train_patch import patch_cases
+from pipeline.train_patch import train_patch_network
 from pipeline.training_data import (
     TRAIN_SEED_BASE,
     VALIDATION_SEED_BASE,
@@ -47,18 +48,21 @@ MODEL_NAME = "livernode-phantom-demo"
 class BundledRecipe:
     """Sizes of the bundled model's training run."""
 
-    train_studies: int = 40
+    train_studies: int = 60
     validation_studies: int = 2
     held_out_studies: int = 16
-    whole_iterations: int = 700
+    whole_iterations: int = 2000
     #: a second UNet_whole stage from the first one's weights with the lesion classes weighted up
     #: (0 iterations: none).
-    whole_finetune_iterations: int = 400
+    whole_finetune_iterations: int = 800
     whole_finetune_lesion_weight: float = 4.0
     whole_finetune_positive_fraction: float = 0.9
     whole_batch_size: int = 2
-    patch_iterations: int = 500
+    patch_iterations: int = 2000
     patch_batch_size: int = 16
+    #: weight of the lesion classes in UNet_patch's loss: a lesion is a few hundred of a patch's
+    #: 37 000 voxels, and an unweighted patch model learns to call everything background.
+    patch_lesion_weight: float = 3.0
     hard_case_studies: int = 20
     processes: int = 2
     loader_workers: int = 0
@@ -108,8 +112,9 @@ def train_bundled(
     train_specs = [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(recipe.train_studies)]
     val_specs = [sample_case_spec(VALIDATION_SEED_BASE + i) for i in range(recipe.validation_studies)]
     say(f"generating {len(train_specs)} training and {len(val_specs)} validation phantom studies")
-    train_cases = make_cases(train_specs, prep, recipe.processes, say)
-    val_cases = make_cases(val_specs, prep, recipe.processes, say)
+    cache_dir = work_dir / "cases"
+    train_cases = make_cases(train_specs, prep, recipe.processes, say, cache_dir=cache_dir)
+    val_cases = make_cases(val_specs, prep, recipe.processes, say, cache_dir=cache_dir)
     generation_s = time.perf_counter() - started
 
     whole_config = TrainConfig(
@@ -140,32 +145,30 @@ def train_bundled(
 
     device = select_device(recipe.device)
     network = load_native_network(whole.weights_path, whole_spec, device)
-    predictor = WholePredictor(network, prep, device)
-    mined = recipe.hard_case_studies
-    patches = patch_cases(train_cases[:mined], prep, cascade, seed=2, predictor=predictor, progress=say)
-    patches += patch_cases(train_cases[mined:], prep, cascade, seed=4, progress=say)
+    predictor = WholePredictor(network, prep, device, bf16=use_bf16(device))
     patch_config = TrainConfig(
         iterations=recipe.patch_iterations,
         batch_size=recipe.patch_batch_size,
         crop_size_voxels=prep.patch_size_voxels,
         positive_fraction=0.5,
+        lesion_class_weight=recipe.patch_lesion_weight,
         validate_every=recipe.patch_iterations + 1,
         checkpoint_every=max(1, min(250, recipe.patch_iterations)),
         num_workers=recipe.loader_workers,
         device=recipe.device,
         seed=3,
     )
-    patch = train_network(patch_spec, patches, [], prep, patch_config, work_dir, "unet_patch.pt",
-                           resume=resume, progress=say)
+    patch, patch_count = train_patch_network(patch_spec, train_cases, prep, cascade, patch_config, work_dir,
+                                              predictor, recipe.hard_case_studies, resume=resume, progress=say)
 
     for result in (whole, patch):
         shutil.copy2(result.weights_path, out_dir / result.weights_path.name)
-    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, len(patches), generation_s, {})
+    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, patch_count, generation_s, {})
 
     evaluation_dir = work_dir / "held-out"
     backend = CardBackend(out_dir, device)
     evaluation = evaluate_on_phantoms(backend, held_out_specs(recipe.held_out_studies), cascade, evaluation_dir, say,
-                                      processes=recipe.processes)
+                                      processes=recipe.processes, cache_dir=cache_dir)
     report = json.loads(evaluation.report_json.read_text(encoding="utf-8"))
     metrics = {
         "validation": whole.validation,
@@ -174,7 +177,7 @@ def train_bundled(
         "held_out_studies": recipe.held_out_studies,
     }
     shutil.copy2(evaluation.report_markdown, out_dir / "held_out_evaluation.md")
-    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, len(patches), generation_s, metrics)
+    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, patch_count, generation_s, metrics)
     say(f"bundled model written to {out_dir} in {(time.perf_counter() - started) / 60:.1f} min")
     return card_path
 

@@ -9,6 +9,7 @@ to the preprocessing's background value, exactly as the cascade cuts them at inf
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -16,11 +17,11 @@ import numpy as np
 from pipeline.config import CascadeConfig
 from pipeline.inference import ModelInput, WholePredictor, background_value
 from pipeline.matching import overlap_pairs
-from pipeline.model import Preprocessing
+from pipeline.model import NetworkSpec, Preprocessing
 from pipeline.sensitivity import scaled_argmax
 from pipeline.seg2det import seg2det
 from pipeline.shuffle import PatchSource, ShuffleSettings, training_patches
-from pipeline.train import TrainingCase, case_model_input
+from pipeline.train import TrainConfig, TrainingCase, TrainResult, case_model_input, train_network
 from pipeline.types import LESION_LABELS, Label
 
 log = logging.getLogger(__name__)
@@ -93,3 +94,27 @@ def patch_cases(
         if index % 20 == 0 or index == len(cases):
             say(f"patches: {index}/{len(cases)} studies, {len(out)} patches ({hard} hard-case detections)")
     return out
+
+
+def train_patch_network(
+    spec: NetworkSpec,
+    cases: Sequence[TrainingCase],
+    prep: Preprocessing,
+    cascade: CascadeConfig,
+    config: TrainConfig,
+    work_dir: Path,
+    predictor: WholePredictor | None,
+    hard_case_studies: int,
+    resume: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[TrainResult, int]:
+    """UNet_patch on lesion-shuffle patches of `cases`, with hard cases mined by `predictor` on the
+    first `hard_case_studies` of them; returns the result and the number of patches."""
+    mined = hard_case_studies if predictor is not None else 0
+    patches = patch_cases(cases[:mined], prep, cascade, seed=2, predictor=predictor, progress=progress)
+    patches += patch_cases(cases[mined:], prep, cascade, seed=4, progress=progress)
+    if not patches:
+        raise ValueError("no lesion in the training studies: UNet_patch needs lesions to learn from")
+    result = train_network(spec, patches, [], prep, config, work_dir, "unet_patch.pt", resume=resume,
+                           progress=progress)
+    return result, len(patches)

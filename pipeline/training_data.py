@@ -7,9 +7,11 @@ evaluation at ``HELD_OUT_SEED_BASE`` (the unit tests use seeds below 10 000).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -17,7 +19,7 @@ import numpy as np
 from pipeline.model import Preprocessing
 from pipeline.phantom import make_phantom
 from pipeline.train import TrainingCase, case_from_arrays
-from pipeline.types import PHASE_ORDER, Phase
+from pipeline.types import PHASE_ORDER, Phase, VolumeGeometry
 
 log = logging.getLogger(__name__)
 
@@ -105,26 +107,82 @@ def _phantom_case_job(args: tuple[PhantomCaseSpec, Preprocessing]) -> TrainingCa
     return phantom_case(*args)
 
 
+def case_cache_key(spec: PhantomCaseSpec, prep: Preprocessing) -> str:
+    """A key that changes with the spec, the preprocessing and the phantom generator's source code,
+    so a cached case is never stale."""
+    digest = hashlib.sha256(repr((spec, prep)).encode())
+    for source in sorted(Path(__file__).parent.glob("phantom*.py")):
+        digest.update(source.read_bytes())
+    return f"{spec.case_id}-{digest.hexdigest()[:16]}"
+
+
+def save_case(case: TrainingCase, path: Path) -> None:
+    """Write a case as a compressed .npz (atomically: a partial file is never read back)."""
+    partial = path.with_name(path.name + ".partial.npz")
+    g = case.geometry
+    np.savez_compressed(
+        partial, phases=case.phases, labels=case.labels, present=np.array([p.value for p in case.present]),
+        shape=np.array(g.shape), spacing=np.array(g.spacing_mm), origin=np.array(g.origin_mm),
+        direction=np.array(g.direction, dtype=np.float64), case_id=np.array(case.case_id),
+    )
+    partial.replace(path)
+
+
+def load_case(path: Path) -> TrainingCase:
+    """Read a case written by :func:`save_case`."""
+    with np.load(path, allow_pickle=False) as data:
+        geometry = VolumeGeometry(
+            shape=tuple(int(v) for v in data["shape"]),  # type: ignore[arg-type]
+            spacing_mm=tuple(float(v) for v in data["spacing"]),  # type: ignore[arg-type]
+            origin_mm=tuple(float(v) for v in data["origin"]),  # type: ignore[arg-type]
+            direction=tuple(float(v) for v in data["direction"].ravel()),  # type: ignore[arg-type]
+        )
+        return TrainingCase(
+            case_id=str(data["case_id"]),
+            phases=data["phases"],
+            present=tuple(Phase(str(v)) for v in data["present"]),
+            labels=data["labels"],
+            geometry=geometry,
+        )
+
+
 def make_cases(
     specs: Sequence[PhantomCaseSpec],
     prep: Preprocessing,
     processes: int = 1,
     progress: Callable[[str], None] | None = None,
+    cache_dir: Path | None = None,
 ) -> list[TrainingCase]:
-    """Generate cases for `specs` (in `processes` worker processes), in the order given."""
+    """Generate cases for `specs` (in `processes` worker processes), in the order given. With
+    `cache_dir`, cases generated before are read back instead of generated again."""
     say = progress or log.info
-    cases: list[TrainingCase] = []
+    cached: dict[int, TrainingCase] = {}
+    paths: dict[int, Path] = {}
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for index, spec in enumerate(specs):
+            paths[index] = cache_dir / f"{case_cache_key(spec, prep)}.npz"
+            if paths[index].is_file():
+                cached[index] = load_case(paths[index])
+        if cached:
+            say(f"phantom cases: {len(cached)}/{len(specs)} read from the cache {cache_dir}")
+    todo = [index for index in range(len(specs)) if index not in cached]
     if processes <= 1:
-        for index, spec in enumerate(specs, 1):
-            cases.append(phantom_case(spec, prep))
-            say(f"phantom cases: {index}/{len(specs)}")
-        return cases
-    with ProcessPoolExecutor(max_workers=processes) as pool:
-        for index, case in enumerate(pool.map(_phantom_case_job, [(s, prep) for s in specs]), 1):
-            cases.append(case)
-            if index % 10 == 0 or index == len(specs):
-                say(f"phantom cases: {index}/{len(specs)}")
-    return cases
+        made = map(lambda i: phantom_case(specs[i], prep), todo)
+    else:
+        pool = ProcessPoolExecutor(max_workers=processes)
+        made = pool.map(_phantom_case_job, [(specs[i], prep) for i in todo])
+    try:
+        for count, (index, case) in enumerate(zip(todo, made), 1):
+            cached[index] = case
+            if index in paths:
+                save_case(case, paths[index])
+            if processes <= 1 or count % 10 == 0 or count == len(todo):
+                say(f"phantom cases: {count}/{len(todo)} generated")
+    finally:
+        if processes > 1:
+            pool.shutdown()
+    return [cached[index] for index in range(len(specs))]
 
 
 #: Phase subsets of the held-out set, each evaluated at thin and thick slices.

@@ -1,0 +1,183 @@
+"""Training: the phantom case cache, the labelled dataset folder, `livernode train whole|patch`
+(with resume and fine-tuning), bfloat16 precision selection. Networks and grids are tiny so a run
+takes seconds; the bundled recipe itself is exercised by `livernode train bundled` (docs/models.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from node.cli import main
+from pipeline.backends import CardBackend
+from pipeline.config import BackendConfig, ConfigError
+from pipeline.model import NetworkSpec, Preprocessing, read_model_card, select_device, use_bf16
+from pipeline.phantom import make_phantom
+from pipeline.train import TrainConfig
+from pipeline.train_models import ModelShape, TrainingSource, train_patch_model, train_whole_model
+from pipeline.training_data import PhantomCaseSpec, make_cases
+from pipeline.training_dataset import (
+    DatasetError,
+    load_cases,
+    read_dataset,
+    split_by_patient,
+    write_dataset_case,
+    write_dataset_json,
+)
+from pipeline.types import LESION_LABELS, NUM_CLASSES, Phase
+
+STRIDES = ((1, 1, 1), (1, 2, 2), (2, 2, 2))
+TINY_PREP = Preprocessing(target_spacing_mm=(6.0, 8.0, 8.0), roi_size_voxels=(8, 32, 32), patch_size_voxels=(8, 16, 16))
+TINY_SHAPE = ModelShape(
+    whole=NetworkSpec(in_channels=8, out_channels=NUM_CLASSES, filters=(4, 8, 16), strides=STRIDES),
+    patch=NetworkSpec(in_channels=8, out_channels=len(LESION_LABELS) + 1, filters=(4, 8, 16), strides=STRIDES),
+    prep=TINY_PREP,
+)
+
+
+def _tiny_phantom(seed: int, phases=(Phase.NC, Phase.AP, Phase.VP, Phase.DP)):
+    return make_phantom(seed, phases=phases, slices=12, slice_thickness_mm=5.0, rows=96, columns=96, workers=1,
+                        motion="residual")
+
+
+@pytest.fixture(scope="module")
+def dataset_folder(tmp_path_factory) -> Path:
+    """Four studies of three patients; the last one lacks NC and DP."""
+    folder = tmp_path_factory.mktemp("dataset")
+    combos = [(Phase.NC, Phase.AP, Phase.VP, Phase.DP)] * 3 + [(Phase.AP, Phase.VP)]
+    for index, phases in enumerate(combos):
+        volumes = _tiny_phantom(500 + index, phases)
+        write_dataset_case(folder, f"case{index}", volumes.hu, volumes.labels, volumes.geometry)
+    write_dataset_json(folder, patients={"case0": "p0", "case1": "p0", "case2": "p1", "case3": "p2"})
+    return folder
+
+
+def test_case_cache_reads_back_the_same_case(tmp_path: Path) -> None:
+    spec = PhantomCaseSpec(seed=601, slices=12, slice_thickness_mm=5.0, matrix=96, feet_first=False)
+    made = make_cases([spec], TINY_PREP, cache_dir=tmp_path)[0]
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    messages: list[str] = []
+    cached = make_cases([spec], TINY_PREP, progress=messages.append, cache_dir=tmp_path)[0]
+    assert any("read from the cache" in m for m in messages)
+    assert not any("generated" in m for m in messages)
+    np.testing.assert_array_equal(made.phases, cached.phases)
+    np.testing.assert_array_equal(made.labels, cached.labels)
+    assert made.present == cached.present and made.geometry == cached.geometry and made.case_id == cached.case_id
+    # another preprocessing is another key: no stale case
+    other = make_cases([spec], Preprocessing(target_spacing_mm=(6.0, 6.0, 6.0)), cache_dir=tmp_path)[0]
+    assert other.labels.shape != made.labels.shape
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_dataset_folder_reads_cases_with_missing_phases(dataset_folder: Path) -> None:
+    dataset = read_dataset(dataset_folder)
+    assert [c.case_id for c in dataset.cases] == ["case0", "case1", "case2", "case3"]
+    assert set(dataset.cases[3].channels) == {Phase.AP, Phase.VP}
+    cases = load_cases(dataset.cases, TINY_PREP)
+    assert cases[3].present == (Phase.AP, Phase.VP)
+    assert not cases[3].phases[0].any() and cases[3].phases[2].any()
+    assert set(np.unique(cases[0].labels)) <= set(range(NUM_CLASSES))
+    assert (cases[0].labels == 7).any()  # liver survives resampling
+
+
+def test_validation_split_keeps_patients_together(dataset_folder: Path) -> None:
+    dataset = read_dataset(dataset_folder)
+    for seed in range(6):
+        train, validation = split_by_patient(dataset, 0.34, seed=seed)
+        assert train and validation
+        assert not {c.patient_id for c in train} & {c.patient_id for c in validation}
+        assert len(train) + len(validation) == 4
+    assert split_by_patient(dataset, 0.0)[1] == []
+
+
+def test_dataset_errors_name_file_and_problem(tmp_path: Path, dataset_folder: Path) -> None:
+    with pytest.raises(DatasetError, match="no dataset.json"):
+        read_dataset(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "labels": {}}))
+    with pytest.raises(DatasetError, match="channel_names must map"):
+        read_dataset(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "VP"}, "labels": {"bg": 0, "x": 1}}))
+    with pytest.raises(DatasetError, match="expected livernode's 14 labels"):
+        read_dataset(tmp_path)
+    data = json.loads((dataset_folder / "dataset.json").read_text())
+    (tmp_path / "dataset.json").write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match="no label files"):
+        read_dataset(tmp_path)
+    (tmp_path / "labelsTr").mkdir()
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr" / "broken.nii.gz").write_bytes(b"not an image")
+    (tmp_path / "imagesTr" / "broken_0002.nii.gz").write_bytes(b"not an image")
+    case = read_dataset(tmp_path).cases[0]
+    with pytest.raises(DatasetError, match="broken.nii.gz: not a readable image"):
+        load_cases([case], TINY_PREP)
+
+
+def test_train_whole_then_patch_gives_a_loadable_model_and_resumes(tmp_path: Path, dataset_folder: Path) -> None:
+    source = TrainingSource(dataset=dataset_folder, validation_fraction=0.34)
+    model_dir, work = tmp_path / "model", tmp_path / "work"
+    config = TrainConfig(iterations=3, batch_size=1, checkpoint_every=2, validate_every=3, seed=1)
+    messages: list[str] = []
+    train_whole_model(model_dir, work, source, config, TINY_SHAPE, progress=messages.append)
+    card = read_model_card(model_dir)
+    assert card.patch is None and card.metrics["whole_iterations"] == 3
+    assert card.metrics["training_cases"] + card.metrics["validation_cases"] == 4
+    assert "validate it on the site's data" in card.intended_use
+    assert any("validation at 3" in m for m in messages)
+
+    # resume: a longer run continues from the checkpoint instead of starting again
+    messages.clear()
+    train_whole_model(model_dir, work, source, TrainConfig(iterations=5, batch_size=1, seed=1), TINY_SHAPE,
+                      resume=True, progress=messages.append)
+    assert any("resumed from" in m and "at iteration 3" in m for m in messages)
+    assert read_model_card(model_dir).metrics["whole_iterations"] == 5
+
+    patch_config = TrainConfig(iterations=2, batch_size=4, seed=3)
+    train_patch_model(model_dir, work, source, patch_config, TINY_SHAPE.patch, hard_case_studies=1)
+    card = read_model_card(model_dir)
+    assert card.patch is not None and card.metrics["patch_training_patches"] > 0
+
+    backend = CardBackend(model_dir, select_device("cpu"))
+    volumes = _tiny_phantom(650, (Phase.VP,))
+    prediction = backend.predict(volumes.hu, volumes.geometry)
+    assert prediction.probabilities.shape[0] == NUM_CLASSES
+    np.testing.assert_allclose(prediction.probabilities.astype(np.float32).sum(axis=0), 1.0, atol=2e-2)
+    assert backend.patch_model((Phase.VP,)) is not None
+
+
+def test_fine_tuning_starts_from_the_given_model(tmp_path: Path, dataset_folder: Path) -> None:
+    source = TrainingSource(dataset=dataset_folder, validation_fraction=0.0)
+    base = tmp_path / "base"
+    train_whole_model(base, tmp_path / "w1", source, TrainConfig(iterations=1, batch_size=1), TINY_SHAPE)
+    tuned = tmp_path / "tuned"
+    # the init model's preprocessing wins over the shape passed in
+    other_shape = ModelShape(TINY_SHAPE.whole, TINY_SHAPE.patch, Preprocessing())
+    train_whole_model(tuned, tmp_path / "w2", source, TrainConfig(iterations=1, batch_size=1, learning_rate=0.0),
+                      other_shape, init_model=base)
+    assert read_model_card(tuned).preprocessing == TINY_PREP
+    first = torch.load(base / "unet_whole.pt")
+    second = torch.load(tuned / "unet_whole.pt")
+    # learning rate 0: the fine-tuned weights are the initial ones
+    for key in first:
+        if first[key].is_floating_point():
+            torch.testing.assert_close(first[key], second[key])
+
+
+def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None:
+    assert main(["train", "whole", "--out", str(tmp_path / "m")]) == 1
+    assert "exactly one of --data" in capsys.readouterr().err
+    assert main(["train", "whole", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 1
+    assert "no dataset.json" in capsys.readouterr().err
+    assert main(["train", "patch", "--phantoms", "2", "--model", str(tmp_path)]) == 1
+    assert "no model_card.json" in capsys.readouterr().err
+
+
+def test_precision_selection() -> None:
+    cpu = torch.device("cpu")
+    assert use_bf16(cpu, "float32") is False
+    assert use_bf16(cpu, "bfloat16") is True
+    assert use_bf16(cpu, "auto") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    with pytest.raises(ConfigError, match="precision"):
+        BackendConfig(precision="half")
