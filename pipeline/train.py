@@ -1,7 +1,9 @@
-"""Training of UNet_whole on synthetic phantoms: MONAI data pipeline with augmentation, random phase
-dropout with presence channels, validation split by patient (seed), checkpointing and resume.
+"""The training loop shared by UNet_whole and UNet_patch: MONAI data pipeline with augmentation,
+random phase dropout with presence channels, validation on whole volumes, checkpointing and resume,
+bfloat16 autocast where the hardware runs it fast.
 
-``train_whole`` is what ``livernode train whole`` runs; ``pipeline.train_patch`` trains UNet_patch.
+``pipeline.train_models`` (``livernode train whole|patch``) and ``pipeline.train_bundled``
+(``livernode train bundled``) call :func:`train_network`.
 """
 
 from __future__ import annotations
