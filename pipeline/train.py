@@ -299,7 +299,8 @@ def train_network(
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["iteration"])
-        if int(state.get("total_iterations", config.iterations)) == config.iterations:
+        saved_total = state.get("total_iterations", state["scheduler"].get("total_steps", config.iterations))
+        if int(saved_total) == config.iterations:
             scheduler.load_state_dict(state["scheduler"])
         else:
             # a longer (or shorter) run than the checkpoint's: the learning-rate schedule is redrawn
