@@ -161,8 +161,12 @@ def test_orthanc_restarted_mid_processing_still_ends_with_results_once(plugin_or
     orthanc = plugin_orthanc
     study = study_factory(24 if how == "restart" else 25, marker="SLOW", slices=SLICES)
     _send(orthanc, study)
-    wait_for(lambda: orthanc.node_state(study.study_uid) == "processing", 60, "the study to be processing",
-             interval_s=0.1)
+    start_log = Path(orthanc.env["LIVERNODE_TEST_STARTLOG"])
+    # "processing" is recorded before the worker's processor starts: wait for the processor itself,
+    # so the stop always interrupts a running study (else the first start may never be logged)
+    wait_for(lambda: orthanc.node_state(study.study_uid) == "processing"
+             and study.study_uid in [r.split()[0] for r in _runs(start_log)], 60,
+             "the study's processor to be running", interval_s=0.1)
     if how == "restart":
         orthanc.stop()
     else:
@@ -179,7 +183,7 @@ def test_orthanc_restarted_mid_processing_still_ends_with_results_once(plugin_or
         assert [a[2] for a in db.attempts_of(study.study_uid)] == ["interrupted", "succeeded"]
     finally:
         db.close()
-    starts = [r.split()[0] for r in _runs(Path(orthanc.env["LIVERNODE_TEST_STARTLOG"]))]
+    starts = [r.split()[0] for r in _runs(start_log)]
     runs = [r.split()[0] for r in _runs(_runlog(orthanc))]
     assert starts.count(study.study_uid) == 2  # the interrupted run and the one that finished
     assert runs.count(study.study_uid) == 1  # only the second got past the wait
