@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from pipeline.config import RegistrationConfig
 from pipeline.errors import InputError
+from pipeline.sitk_geometry import geometry_of, set_geometry, to_sitk
 from pipeline.types import Decision, Phase, PhaseVolume, RegistrationQuality, StudyVolumes, VolumeGeometry
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def register_study(
         raise InputError(f"reference phase {reference_phase.value} is not among the phases {[p.value for p in phases]}")
     reference = phases[reference_phase]
     registrar = registrar or elastix_displacement
-    ref_full = _to_sitk(reference.hu, reference.geometry)
+    ref_full = to_sitk(reference.hu, reference.geometry)
     fixed_w, field_geometry = _to_working(ref_full, config.working_spacing_mm)
     fixed_mask = body_mask(sitk.GetArrayViewFromImage(fixed_w))
     fixed_w = _window(fixed_w, config)
@@ -115,7 +116,7 @@ def register_study(
             phase, volume, fixed_w, fixed_mask, field_geometry, config, registrar
         )
         transform = _transform(mapping)
-        hu = _resample(_to_sitk(volume.hu, volume.geometry), ref_full, transform, sitk.sitkLinear, config)
+        hu = _resample(to_sitk(volume.hu, volume.geometry), ref_full, transform, sitk.sitkLinear, config)
         mapping.seconds = time.perf_counter() - started
         study.phases[phase] = PhaseVolume(
             phase=phase,
@@ -149,7 +150,7 @@ def resample_to_phase_grid(mask_on_reference: np.ndarray, study: RegisteredStudy
     dtype = mask_on_reference.dtype
     binary = dtype == np.bool_
     values = np.asarray(mask_on_reference).astype(np.float32 if binary else np.int32)
-    source = _to_sitk(values, reference_geometry)
+    source = to_sitk(values, reference_geometry)
     target = _empty_image(mapping.source_geometry)
     transform: sitk.Transform = sitk.Transform(3, sitk.sitkIdentity)
     if mapping.registered and mapping.displacement_mm is not None and mapping.field_geometry is not None:
@@ -178,7 +179,7 @@ def resample_to_reference_grid(array_on_phase: np.ndarray, study: RegisteredStud
     dtype = array_on_phase.dtype
     binary = dtype == np.bool_
     integer = np.issubdtype(dtype, np.integer)
-    source = _to_sitk(np.asarray(array_on_phase).astype(np.int32 if integer else np.float32), mapping.source_geometry)
+    source = to_sitk(np.asarray(array_on_phase).astype(np.int32 if integer else np.float32), mapping.source_geometry)
     reference = _empty_image(study.phases[study.reference_phase].geometry)
     resampler = sitk.ResampleImageFilter()
     resampler.SetReferenceImage(reference)
@@ -227,7 +228,7 @@ def _register_phase(
     config: RegistrationConfig,
     registrar: Registrar,
 ) -> tuple[RegistrationQuality, PhaseMapping, Decision]:
-    moving_w, _ = _to_working(_to_sitk(volume.hu, volume.geometry), config.working_spacing_mm)
+    moving_w, _ = _to_working(to_sitk(volume.hu, volume.geometry), config.working_spacing_mm)
     moving_w = _window(moving_w, config)
     identity = sitk.Transform(3, sitk.sitkIdentity)
     before_img, before_valid = _resample_with_validity(moving_w, fixed_w, identity, config)
@@ -347,30 +348,9 @@ def _parameter_map(itk, kind: str, config: RegistrationConfig):
 # grids, transforms and resampling
 
 
-def _to_sitk(array: np.ndarray, geometry: VolumeGeometry) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    _set_geometry(image, geometry)
-    return image
-
-
-def _set_geometry(image: sitk.Image, geometry: VolumeGeometry) -> None:
-    image.SetSpacing(tuple(float(s) for s in reversed(geometry.spacing_mm)))
-    image.SetOrigin(tuple(float(v) for v in geometry.origin_mm))
-    image.SetDirection(tuple(float(v) for v in geometry.direction))
-
-
-def _geometry_of(image: sitk.Image) -> VolumeGeometry:
-    return VolumeGeometry(
-        shape=tuple(reversed(image.GetSize())),  # type: ignore[arg-type]
-        spacing_mm=tuple(reversed(image.GetSpacing())),  # type: ignore[arg-type]
-        origin_mm=tuple(image.GetOrigin()),  # type: ignore[arg-type]
-        direction=tuple(image.GetDirection()),
-    )
-
-
 def _empty_image(geometry: VolumeGeometry) -> sitk.Image:
     image = sitk.Image([int(v) for v in reversed(geometry.shape)], sitk.sitkUInt8)
-    _set_geometry(image, geometry)
+    set_geometry(image, geometry)
     return image
 
 
@@ -400,7 +380,7 @@ def _working_geometry(geometry: VolumeGeometry, spacing_mm: float) -> VolumeGeom
 
 def _to_working(image: sitk.Image, spacing_mm: float) -> tuple[sitk.Image, VolumeGeometry]:
     """Gaussian-smoothed and linearly downsampled copy of `image` on its working grid."""
-    geometry = _geometry_of(image)
+    geometry = geometry_of(image)
     target = _working_geometry(geometry, spacing_mm)
     old = np.asarray(image.GetSpacing())
     new = np.asarray(target.spacing_mm[::-1])
@@ -423,7 +403,7 @@ def _window(image: sitk.Image, config: RegistrationConfig) -> sitk.Image:
 
 def _field_transform(displacement: np.ndarray, geometry: VolumeGeometry) -> sitk.Transform:
     image = sitk.GetImageFromArray(displacement.astype(np.float64), isVector=True)
-    _set_geometry(image, geometry)
+    set_geometry(image, geometry)
     return sitk.DisplacementFieldTransform(image)
 
 

@@ -167,7 +167,8 @@ def make_cases(
         if cached:
             say(f"phantom cases: {len(cached)}/{len(specs)} read from the cache {cache_dir}")
     todo = [index for index in range(len(specs)) if index not in cached]
-    if processes <= 1:
+    if processes <= 1 or len(todo) <= 1:
+        processes = 1
         made = map(lambda i: phantom_case(specs[i], prep), todo)
     else:
         pool = ProcessPoolExecutor(max_workers=processes)

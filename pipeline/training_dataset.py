@@ -27,6 +27,7 @@ import SimpleITK as sitk
 
 from pipeline.errors import PipelineError
 from pipeline.model import Preprocessing
+from pipeline.sitk_geometry import geometry_of, to_sitk
 from pipeline.train import TrainingCase, case_from_arrays
 from pipeline.types import NUM_CLASSES, Phase, VolumeGeometry
 
@@ -110,16 +111,6 @@ def read_dataset(folder: Path) -> LabelledDataset:
     return LabelledDataset(folder, ending, tuple(cases))
 
 
-def _geometry(image: sitk.Image) -> VolumeGeometry:
-    size = image.GetSize()
-    return VolumeGeometry(
-        shape=(size[2], size[1], size[0]),
-        spacing_mm=tuple(float(v) for v in reversed(image.GetSpacing())),  # type: ignore[arg-type]
-        origin_mm=tuple(float(v) for v in image.GetOrigin()),  # type: ignore[arg-type]
-        direction=tuple(float(v) for v in image.GetDirection()),
-    )
-
-
 def _read(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
@@ -130,7 +121,7 @@ def _read(path: Path) -> sitk.Image:
 def load_case(case: DatasetCase, prep: Preprocessing) -> TrainingCase:
     """Read one case and resample it onto the model's working grid."""
     label_image = _read(case.label_path)
-    geometry = _geometry(label_image)
+    geometry = geometry_of(label_image)
     labels = sitk.GetArrayFromImage(label_image)
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DatasetError(f"{case.label_path}: label values must be 0-{NUM_CLASSES - 1}, found "
@@ -138,7 +129,7 @@ def load_case(case: DatasetCase, prep: Preprocessing) -> TrainingCase:
     hu: dict[Phase, np.ndarray] = {}
     for phase, path in case.channels.items():
         image = _read(path)
-        other = _geometry(image)
+        other = geometry_of(image)
         if other.shape != geometry.shape or not np.allclose(other.spacing_mm, geometry.spacing_mm, atol=1e-3) \
                 or not np.allclose(other.origin_mm, geometry.origin_mm, atol=1e-2):
             raise DatasetError(f"{path}: not on the grid of {case.label_path.name} (register the phases first)")
@@ -185,17 +176,10 @@ def write_dataset_case(
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
 
-    def image(array: np.ndarray) -> sitk.Image:
-        out = sitk.GetImageFromArray(array)
-        out.SetSpacing(tuple(float(v) for v in reversed(geometry.spacing_mm)))
-        out.SetOrigin(tuple(float(v) for v in geometry.origin_mm))
-        out.SetDirection(tuple(float(v) for v in geometry.direction))
-        return out
-
     for index, phase in enumerate(order):
         if phase in hu_by_phase:
-            sitk.WriteImage(image(hu_by_phase[phase].astype(np.int16)), str(folder / "imagesTr" / f"{case_id}_{index:04d}.nii.gz"))
-    sitk.WriteImage(image(labels.astype(np.uint8)), str(folder / "labelsTr" / f"{case_id}.nii.gz"))
+            sitk.WriteImage(to_sitk(hu_by_phase[phase].astype(np.int16), geometry), str(folder / "imagesTr" / f"{case_id}_{index:04d}.nii.gz"))
+    sitk.WriteImage(to_sitk(labels.astype(np.uint8), geometry), str(folder / "labelsTr" / f"{case_id}.nii.gz"))
 
 
 def write_dataset_json(folder: Path, patients: dict[str, str] | None = None) -> Path:
