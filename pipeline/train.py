@@ -18,7 +18,6 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
-from monai.losses import DiceCELoss
 from monai.transforms import (
     Compose,
     RandAffined,
@@ -41,6 +40,7 @@ from pipeline.model import (
     use_bf16,
     write_model_card,
 )
+from pipeline.training_loss import SegmentationLoss
 from pipeline.types import LESION_LABELS, PHASE_ORDER, Label, Phase, VolumeGeometry
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class TrainConfig:
     device: str = "auto"
     #: weight of the lesion classes (1-6) in the loss, against 1 for every other class.
     lesion_class_weight: float = 1.0
+    #: weight of the soft Dice of the lesion-class union ("any lesion"; pipeline.training_loss)
+    lesion_union_weight: float = 0.0
     #: auto: bfloat16 autocast where the hardware runs it fast (pipeline.model.bf16_supported)
     precision: str = "auto"
 
@@ -288,9 +290,8 @@ def train_network(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=config.iterations, pct_start=0.1
     )
-    class_weight = torch.ones(spec.out_channels, device=device)
-    class_weight[list(LESION_LABELS)] = config.lesion_class_weight
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True, weight=class_weight)
+    loss_fn = SegmentationLoss(spec.out_channels, LESION_LABELS, config.lesion_class_weight,
+                               config.lesion_union_weight).to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / f"{Path(weights_name).stem}.checkpoint.pt"
     start = 0

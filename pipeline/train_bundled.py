@@ -52,13 +52,17 @@ class BundledRecipe:
     validation_studies: int = 2
     held_out_studies: int = 16
     whole_iterations: int = 2000
+    #: lesion class weight of the first UNet_whole stage
+    whole_lesion_weight: float = 2.0
+    #: weight of the "any lesion" Dice term (pipeline.training_loss) in every stage
+    lesion_union_weight: float = 1.0
     #: a second UNet_whole stage from the first one's weights with the lesion classes weighted up
     #: (0 iterations: none).
     whole_finetune_iterations: int = 800
     whole_finetune_lesion_weight: float = 4.0
     whole_finetune_positive_fraction: float = 0.9
     whole_batch_size: int = 2
-    patch_iterations: int = 2000
+    patch_iterations: int = 2500
     patch_batch_size: int = 16
     #: weight of the lesion classes in UNet_patch's loss: a lesion is a few hundred of a patch's
     #: 37 000 voxels, and an unweighted patch model learns to call everything background.
@@ -121,6 +125,8 @@ def train_bundled(
         iterations=recipe.whole_iterations,
         batch_size=recipe.whole_batch_size,
         crop_size_voxels=prep.roi_size_voxels,
+        lesion_class_weight=recipe.whole_lesion_weight,
+        lesion_union_weight=recipe.lesion_union_weight,
         validate_every=max(1, recipe.whole_iterations // 4),
         checkpoint_every=max(1, min(250, recipe.whole_iterations)),
         num_workers=recipe.loader_workers,
@@ -152,6 +158,7 @@ def train_bundled(
         crop_size_voxels=prep.patch_size_voxels,
         positive_fraction=0.5,
         lesion_class_weight=recipe.patch_lesion_weight,
+        lesion_union_weight=recipe.lesion_union_weight,
         validate_every=recipe.patch_iterations + 1,
         checkpoint_every=max(1, min(250, recipe.patch_iterations)),
         num_workers=recipe.loader_workers,
