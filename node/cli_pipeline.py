@@ -106,7 +106,8 @@ def _train_whole(args: argparse.Namespace) -> int:
         raise ValueError("--out MODEL_FOLDER is required")
     whole, patch, prep = replace(BundledRecipe(), size=args.size).networks()
     config = TrainConfig(iterations=args.iterations or 2000, batch_size=args.batch_size or 2,
-                         lesion_class_weight=args.lesion_weight or 1.0, device=args.device,
+                         lesion_class_weight=args.lesion_weight or 2.0, lesion_union_weight=args.union_weight,
+                         device=args.device,
                          validate_every=max(1, (args.iterations or 2000) // 4), seed=1,
                          learning_rate=2e-3 if args.init is None else 1e-3)
     card = train_whole_model(Path(args.out_dir), Path(args.work_dir), _source(args), config,
@@ -126,7 +127,7 @@ def _train_patch(args: argparse.Namespace) -> int:
     _, patch_spec, _ = replace(BundledRecipe(), size=args.size).networks()
     config = TrainConfig(iterations=args.iterations or 2000, batch_size=args.batch_size or 16,
                          positive_fraction=0.5, lesion_class_weight=args.lesion_weight or 3.0,
-                         device=args.device, seed=3)
+                         lesion_union_weight=args.union_weight, device=args.device, seed=3)
     card = train_patch_model(Path(args.model_dir), Path(args.work_dir), _source(args), config, patch_spec,
                              hard_case_studies=args.hard_case_studies, resume=args.resume, progress=print)
     print(f"wrote {card}")
@@ -165,7 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--size", choices=["cpu", "gpu"], default="cpu", help="network size recipe (default cpu)")
     train.add_argument("--iterations", type=int, help="iterations (default: 2000, bundled: the recipe's)")
     train.add_argument("--batch-size", type=int, help="batch size (default: whole 2, patch 16)")
-    train.add_argument("--lesion-weight", type=float, help="loss weight of the lesion classes (whole 1, patch 3)")
+    train.add_argument("--lesion-weight", type=float, help="loss weight of the lesion classes (whole 2, patch 3)")
+    train.add_argument("--union-weight", type=float, default=1.0,
+                       help="weight of the 'any lesion' Dice term of the loss (default 1; 0: per-class terms only)")
     train.add_argument("--validation-fraction", type=float, default=0.1, help="patients held out for validation")
     train.add_argument("--hard-case-studies", type=int, default=20, help="studies mined for hard cases (patch)")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")

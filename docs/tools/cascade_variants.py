@@ -1,0 +1,102 @@
+"""Compare cascade settings on validation phantoms (seeds 20100+; never the held-out 30000+ set).
+
+UNet_whole runs once per study; every variant then runs the rest of the cascade on the same
+prediction. Prints, per variant and model (Base, Base+ReCls, High+ReCls, joint): malignant lesions
+of 2 ml and more called malignant, false positives, and patient malignancy sensitivity/specificity.
+
+    .venv/bin/python docs/tools/cascade_variants.py pipeline/models/phantom-demo --studies 12 \\
+        --variant paper: --variant small-only:reclassify_max_volume_ml=8
+
+A variant is NAME:key=value,key=value with keys of the `cascade:` configuration section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.backends import CardBackend
+from pipeline.cascade import save_evaluation_npz
+from pipeline.config import CascadeConfig
+from pipeline.evaluate import evaluate_folders
+from pipeline.evaluation_report import write_report
+from pipeline.model import select_device
+from pipeline.model_cascade import cascade_on_prediction
+from pipeline.train import case_model_input
+from pipeline.training_data import HELD_OUT_COMBINATIONS, VALIDATION_SEED_BASE, make_cases, sample_case_spec
+
+TUNING_SEED_BASE = VALIDATION_SEED_BASE + 100
+SMALL_STRATA = ("<0.5", "0.5-2")
+
+
+def parse_variant(text: str) -> tuple[str, CascadeConfig]:
+    """NAME:key=value,... -> (name, config)."""
+    name, _, assignments = text.partition(":")
+    types = {f.name: f.type for f in fields(CascadeConfig)}
+    changes = {}
+    for item in filter(None, assignments.split(",")):
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise SystemExit(f"unknown cascade setting {key!r}")
+        changes[key] = type(getattr(CascadeConfig(), key))(value)
+    return name, replace(CascadeConfig(), **changes)
+
+
+def summary(report_json: Path) -> list[str]:
+    """One line per model of an evaluation report."""
+    report = json.loads(report_json.read_text(encoding="utf-8"))
+    lines = []
+    for model, tally in report["lesion_level"].items():
+        tp = n = 0
+        for stratum, groups in tally["by_volume_ml"].items():
+            if stratum not in SMALL_STRATA:
+                counts = groups["Malign"]
+                tp += counts["TP"]
+                n += counts["TP"] + counts["FL"] + counts["FN"]
+        patient = report["patient_level"].get(model) or {}
+        lines.append(f"  {model}: malignant >= 2 ml {tp}/{n}, FP {tally['overall']['All']['FP']}, "
+                     f"patient sensitivity {patient.get('sensitivity')}, specificity {patient.get('specificity')}")
+    joint = [k for k in report["patient_level"] if "&" in k]
+    for model in joint:
+        patient = report["patient_level"][model]
+        lines.append(f"  {model}: sensitivity {patient['sensitivity']}, specificity {patient['specificity']}, "
+                     f"uncertain {patient['uncertain']}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--studies", type=int, default=12)
+    parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--work", type=Path, default=Path("livernode-data/cascade-variants"))
+    args = parser.parse_args()
+    variants = dict(parse_variant(v) for v in (args.variant or ["paper:"]))
+    thicknesses = (5.0, 2.0, 5.0, 1.5)
+    specs = [sample_case_spec(TUNING_SEED_BASE + i, HELD_OUT_COMBINATIONS[i % 4], thickness_mm=thicknesses[(i // 4) % 4])
+             for i in range(args.studies)]
+    backend = CardBackend(args.model, select_device("auto"))
+    cases = make_cases(specs, backend.preprocessing, 2, print, cache_dir=args.work / "cases")
+    truth_dir = args.work / "truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        np.savez_compressed(truth_dir / f"{case.case_id}.npz", labels=case.labels,
+                            spacing_mm=np.asarray(case.geometry.spacing_mm, dtype=np.float64))
+        prediction = backend.predict_model_input(case_model_input(case, backend.preprocessing))
+        for name, config in variants.items():
+            result = cascade_on_prediction(prediction, backend, config)
+            save_evaluation_npz(result, args.work / name / "predictions" / f"{case.case_id}.npz")
+        print(f"{case.case_id} done", flush=True)
+    for name in variants:
+        report = evaluate_folders(args.work / name / "predictions", truth_dir, min_lesion_volume_ml=0.5)
+        json_path, _ = write_report(report, args.work / name)
+        print(f"{name}:")
+        print("\n".join(summary(json_path)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
