@@ -28,7 +28,7 @@ from node.settings import Settings
 from pipeline.backends import SegmentationBackend, load_backend
 from pipeline.errors import InputError
 from pipeline.model import BUNDLED_MODEL_DIR
-from pipeline.registration import resample_to_phase_grid
+from pipeline.registration import phase_grid_resampler
 from pipeline.run import StudyConfig, StudyRun, run_study, scan_studies
 from pipeline.series import StudyScan
 from pipeline.types import Phase
@@ -103,10 +103,7 @@ class StudyProcessor:
             prefix=self.settings.results.uid_prefix,
         )
         sources = {phase: _read_headers(chosen[phase].slices) for phase in seg_phases}
-        resamplers = {
-            phase: (lambda mask, phase=phase: resample_to_phase_grid(mask, run.registered, phase))
-            for phase in seg_phases if phase is not Phase.VP
-        }
+        resamplers = {phase: phase_grid_resampler(run.registered, phase) for phase in seg_phases if phase is not Phase.VP}
         segs = build_phase_segs(findings, sources, resamplers, uids, self.algorithm,
                                 self.settings.results.segmentation_type)
         reference_seg = segs[Phase.VP].segmentation

@@ -37,6 +37,7 @@ __all__ = [
     "RegisteredStudy",
     "normalised_cross_correlation",
     "register_study",
+    "phase_grid_resampler",
     "resample_to_phase_grid",
     "resample_to_reference_grid",
 ]
@@ -136,35 +137,45 @@ def register_study(
     return study
 
 
-def resample_to_phase_grid(mask_on_reference: np.ndarray, study: RegisteredStudy, phase: Phase) -> np.ndarray:
-    """Map a mask (bool: linear interpolation cut at 0.5) or a label map (integers: nearest
-    neighbour) on the reference grid onto `phase`'s own (original) grid. Each phase voxel y takes the label at the reference point x with x + d(x) = y,
-    found by fixed-point iteration x <- y - d(x) on a working-resolution grid (the inverse of the
-    registration's displacement field)."""
+def phase_grid_resampler(study: RegisteredStudy, phase: Phase) -> Callable[[np.ndarray], np.ndarray]:
+    """A function mapping masks or label maps on the reference grid onto `phase`'s own grid (see
+    :func:`resample_to_phase_grid`). The inverse of the registration's displacement field is
+    computed once here, not once per mask: a study's per-phase SEG maps every segment through it."""
     if phase not in study.mappings:
         raise InputError(f"phase {phase.value} is not part of this study")
     mapping = study.mappings[phase]
     reference_geometry = study.phases[study.reference_phase].geometry
-    if tuple(mask_on_reference.shape) != tuple(reference_geometry.shape):
-        raise InputError(f"mask shape {mask_on_reference.shape} is not the reference grid {reference_geometry.shape}")
-    dtype = mask_on_reference.dtype
-    binary = dtype == np.bool_
-    values = np.asarray(mask_on_reference).astype(np.float32 if binary else np.int32)
-    source = to_sitk(values, reference_geometry)
-    target = _empty_image(mapping.source_geometry)
     transform: sitk.Transform = sitk.Transform(3, sitk.sitkIdentity)
     if mapping.registered and mapping.displacement_mm is not None and mapping.field_geometry is not None:
         inverse, inverse_geometry = _inverse_field(mapping)
         transform = _field_transform(inverse, inverse_geometry)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(target)
-    resampler.SetTransform(transform)
-    # a binary mask is interpolated linearly and cut at 0.5 (no half-voxel snapping of its
-    # outline); a label map takes the nearest label
-    resampler.SetInterpolator(sitk.sitkLinear if binary else sitk.sitkNearestNeighbor)
-    resampler.SetDefaultPixelValue(0)
-    out = sitk.GetArrayFromImage(resampler.Execute(source))
-    return out >= 0.5 if binary else out.astype(dtype, copy=False)
+    target = _empty_image(mapping.source_geometry)
+
+    def resample(mask_on_reference: np.ndarray) -> np.ndarray:
+        if tuple(mask_on_reference.shape) != tuple(reference_geometry.shape):
+            raise InputError(f"mask shape {mask_on_reference.shape} is not the reference grid {reference_geometry.shape}")
+        dtype = mask_on_reference.dtype
+        binary = dtype == np.bool_
+        values = np.asarray(mask_on_reference).astype(np.float32 if binary else np.int32)
+        resampler = sitk.ResampleImageFilter()
+        resampler.SetReferenceImage(target)
+        resampler.SetTransform(transform)
+        # a binary mask is interpolated linearly and cut at 0.5 (no half-voxel snapping of its
+        # outline); a label map takes the nearest label
+        resampler.SetInterpolator(sitk.sitkLinear if binary else sitk.sitkNearestNeighbor)
+        resampler.SetDefaultPixelValue(0)
+        out = sitk.GetArrayFromImage(resampler.Execute(to_sitk(values, reference_geometry)))
+        return out >= 0.5 if binary else out.astype(dtype, copy=False)
+
+    return resample
+
+
+def resample_to_phase_grid(mask_on_reference: np.ndarray, study: RegisteredStudy, phase: Phase) -> np.ndarray:
+    """Map a mask (bool: linear interpolation cut at 0.5) or a label map (integers: nearest
+    neighbour) on the reference grid onto `phase`'s own (original) grid. Each phase voxel y takes the label at the reference point x with x + d(x) = y,
+    found by fixed-point iteration x <- y - d(x) on a working-resolution grid (the inverse of the
+    registration's displacement field). Several masks of one phase: :func:`phase_grid_resampler`."""
+    return phase_grid_resampler(study, phase)(mask_on_reference)
 
 
 def resample_to_reference_grid(array_on_phase: np.ndarray, study: RegisteredStudy, phase: Phase) -> np.ndarray:

@@ -13,6 +13,7 @@ from pipeline.registration import (
     RegisteredStudy,
     normalised_cross_correlation,
     register_study,
+    phase_grid_resampler,
     resample_to_phase_grid,
 )
 from pipeline.types import Phase, PhaseVolume, VolumeGeometry
@@ -116,6 +117,23 @@ def test_masks_map_back_onto_the_phase_grid(pair, registered):
     np.testing.assert_array_equal(same, vp_blob)
     with pytest.raises(InputError, match="mask shape"):
         resample_to_phase_grid(vp_blob[:-1], registered, Phase.AP)
+
+
+def test_one_resampler_inverts_the_field_once_for_many_masks(pair, registered, monkeypatch):
+    phases, vp_blob, _ = pair
+    import pipeline.registration as registration
+
+    calls = []
+    real = registration._inverse_field
+    monkeypatch.setattr(registration, "_inverse_field", lambda mapping: calls.append(mapping) or real(mapping))
+    resample = phase_grid_resampler(registered, Phase.AP)
+    masks = [vp_blob, np.roll(vp_blob, 2, axis=2), vp_blob.astype(np.uint8) * 5]
+    out = [resample(mask) for mask in masks]
+    assert len(calls) == 1
+    for mask, mapped in zip(masks, out):
+        np.testing.assert_array_equal(mapped, resample_to_phase_grid(mask, registered, Phase.AP))
+    with pytest.raises(InputError, match="not part of this study"):
+        phase_grid_resampler(registered, Phase.DP)
 
 
 def _failing(*_args):
