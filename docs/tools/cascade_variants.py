@@ -26,8 +26,9 @@ from pipeline.evaluate import evaluate_folders
 from pipeline.evaluation_report import write_report
 from pipeline.model import select_device
 from pipeline.model_cascade import cascade_on_prediction
-from pipeline.train import case_model_input
+from pipeline.train import case_model_input, dice_per_class
 from pipeline.training_data import HELD_OUT_COMBINATIONS, VALIDATION_SEED_BASE, make_cases, sample_case_spec
+from pipeline.types import LESION_LABELS, Label
 
 TUNING_SEED_BASE = VALIDATION_SEED_BASE + 100
 SMALL_STRATA = ("<0.5", "0.5-2")
@@ -83,14 +84,19 @@ def main() -> None:
     cases = make_cases(specs, backend.preprocessing, 2, print, cache_dir=args.work / "cases")
     truth_dir = args.work / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
+    liver_dice = []
     for case in cases:
         np.savez_compressed(truth_dir / f"{case.case_id}.npz", labels=case.labels,
                             spacing_mm=np.asarray(case.geometry.spacing_mm, dtype=np.float64))
         prediction = backend.predict_model_input(case_model_input(case, backend.preprocessing))
+        liver = (int(Label.LIVER),) + LESION_LABELS
+        predicted_liver = np.isin(prediction.probabilities.argmax(axis=0), liver).astype(np.uint8)
+        liver_dice.append(dice_per_class(predicted_liver, np.isin(case.labels, liver).astype(np.uint8), [1])[1])
         for name, config in variants.items():
             result = cascade_on_prediction(prediction, backend, config)
             save_evaluation_npz(result, args.work / name / "predictions" / f"{case.case_id}.npz")
         print(f"{case.case_id} done", flush=True)
+    print(f"liver Dice (argmax of UNet_whole): mean {np.mean(liver_dice):.3f}, min {np.min(liver_dice):.3f}")
     for name in variants:
         report = evaluate_folders(args.work / name / "predictions", truth_dir, min_lesion_volume_ml=0.5)
         json_path, _ = write_report(report, args.work / name)
