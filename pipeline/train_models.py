@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -126,7 +126,8 @@ def train_whole_model(
     card = _card_for(base, shape, name, source.describe(), intended_use_for(source))
     card = replace(card, whole=WeightsEntry(file=result.weights_path.name, sha256=result.sha256, network=whole_spec),
                    patch=None, metrics={"validation": result.validation, "whole_iterations": result.iterations,
-                                        "training_cases": len(train), "validation_cases": len(validation)})
+                                        "training_cases": len(train), "validation_cases": len(validation),
+                                        "whole_training": asdict(config)})
     path = write_model_card(out_dir, card)
     say(f"UNet_whole written to {out_dir} (validation: {result.validation})")
     return path
@@ -165,7 +166,8 @@ def train_patch_model(
                                         hard_case_studies, resume=resume, progress=say)
     shutil.copy2(result.weights_path, model_dir / result.weights_path.name)
     metrics = dict(card.metrics)
-    metrics.update({"patch_iterations": result.iterations, "patch_training_patches": count})
+    metrics.update({"patch_iterations": result.iterations, "patch_training_patches": count,
+                    "patch_training": asdict(config)})
     card = replace(card, patch=WeightsEntry(file=result.weights_path.name, sha256=result.sha256, network=patch_spec),
                    metrics=metrics)
     path = write_model_card(model_dir, card)

@@ -123,6 +123,7 @@ def test_train_whole_then_patch_gives_a_loadable_model_and_resumes(tmp_path: Pat
     train_whole_model(model_dir, work, source, config, TINY_SHAPE, progress=messages.append)
     card = read_model_card(model_dir)
     assert card.patch is None and card.metrics["whole_iterations"] == 3
+    assert card.metrics["whole_training"]["lesion_union_weight"] == config.lesion_union_weight  # how it was made
     assert card.metrics["training_cases"] + card.metrics["validation_cases"] == 4
     assert "validate it on the site's data" in card.intended_use
     assert any("validation at 3" in m for m in messages)
@@ -138,6 +139,7 @@ def test_train_whole_then_patch_gives_a_loadable_model_and_resumes(tmp_path: Pat
     train_patch_model(model_dir, work, source, patch_config, TINY_SHAPE.patch, hard_case_studies=1)
     card = read_model_card(model_dir)
     assert card.patch is not None and card.metrics["patch_training_patches"] > 0
+    assert card.metrics["patch_training"]["iterations"] == 2
 
     backend = CardBackend(model_dir, select_device("cpu"))
     volumes = _tiny_phantom(650, (Phase.VP,))
