@@ -63,7 +63,7 @@ class BundledRecipe:
     whole_finetune_positive_fraction: float = 0.9
     #: a third stage at a low learning rate and a milder lesion weight (fewer lesions called where
     #: there are none, a cleaner liver outline; 0 iterations: none)
-    whole_polish_iterations: int = 0
+    whole_polish_iterations: int = 1000
     whole_polish_learning_rate: float = 5e-4
     whole_polish_lesion_weight: float = 1.5
     whole_batch_size: int = 2
