@@ -36,8 +36,8 @@ __all__ = [
     "PhaseMapping",
     "RegisteredStudy",
     "normalised_cross_correlation",
-    "register_study",
     "phase_grid_resampler",
+    "register_study",
     "resample_to_phase_grid",
     "resample_to_reference_grid",
 ]

@@ -138,34 +138,29 @@ def train_bundled(
         device=recipe.device,
         seed=1,
     )
-    whole = train_network(whole_spec, train_cases, val_cases, prep, whole_config, work_dir, "unet_whole.pt",
-                          resume=resume, progress=say)
-    if recipe.whole_finetune_iterations > 0:
-        finetune_config = replace(
-            whole_config,
-            iterations=recipe.whole_finetune_iterations,
-            learning_rate=whole_config.learning_rate / 2,
+    # later stages start from the previous stage's weights (0 iterations: the stage is left out)
+    stages = [
+        ("unet_whole.pt", whole_config),
+        ("unet_whole_finetuned.pt", replace(
+            whole_config, iterations=recipe.whole_finetune_iterations, learning_rate=whole_config.learning_rate / 2,
             lesion_class_weight=recipe.whole_finetune_lesion_weight,
             positive_fraction=recipe.whole_finetune_positive_fraction,
-            validate_every=max(1, recipe.whole_finetune_iterations // 2),
-            seed=5,
-        )
-        tuned = train_network(whole_spec, train_cases, val_cases, prep, finetune_config, work_dir,
-                              "unet_whole_finetuned.pt", resume=resume, progress=say, init_weights=whole.weights_path)
-        whole = replace(tuned, iterations=whole.iterations + tuned.iterations, seconds=whole.seconds + tuned.seconds)
-    if recipe.whole_polish_iterations > 0:
-        polish_config = replace(
-            whole_config,
-            iterations=recipe.whole_polish_iterations,
-            learning_rate=recipe.whole_polish_learning_rate,
+            validate_every=max(1, recipe.whole_finetune_iterations // 2), seed=5)),
+        ("unet_whole_polished.pt", replace(
+            whole_config, iterations=recipe.whole_polish_iterations, learning_rate=recipe.whole_polish_learning_rate,
             lesion_class_weight=recipe.whole_polish_lesion_weight,
-            validate_every=max(1, recipe.whole_polish_iterations // 2),
-            seed=7,
-        )
-        polished = train_network(whole_spec, train_cases, val_cases, prep, polish_config, work_dir,
-                                 "unet_whole_polished.pt", resume=resume, progress=say, init_weights=whole.weights_path)
-        whole = replace(polished, iterations=whole.iterations + polished.iterations,
-                        seconds=whole.seconds + polished.seconds)
+            validate_every=max(1, recipe.whole_polish_iterations // 2), seed=7)),
+    ]
+    whole: TrainResult | None = None
+    for weights_name, config in stages:
+        if config.iterations <= 0:
+            continue
+        stage = train_network(whole_spec, train_cases, val_cases, prep, config, work_dir, weights_name, resume=resume,
+                              progress=say, init_weights=whole.weights_path if whole else None)
+        whole = stage if whole is None else replace(stage, iterations=whole.iterations + stage.iterations,
+                                                    seconds=whole.seconds + stage.seconds)
+    if whole is None:
+        raise ValueError(f"whole_iterations must be >= 1, got {recipe.whole_iterations}")
 
     device = select_device(recipe.device)
     network = load_native_network(whole.weights_path, whole_spec, device)
