@@ -104,9 +104,11 @@ def _train_whole(args: argparse.Namespace) -> int:
 
     if not args.out_dir:
         raise ValueError("--out MODEL_FOLDER is required")
-    whole, patch, prep = replace(BundledRecipe(), size=args.size).networks()
+    recipe = replace(BundledRecipe(), size=args.size)
+    whole, patch, prep = recipe.networks()
     config = TrainConfig(iterations=args.iterations or 2000, batch_size=args.batch_size or 2,
-                         lesion_class_weight=args.lesion_weight or 2.0, lesion_union_weight=args.union_weight,
+                         lesion_class_weight=args.lesion_weight or recipe.whole_lesion_weight,
+                         lesion_union_weight=recipe.lesion_union_weight if args.union_weight is None else args.union_weight,
                          device=args.device,
                          validate_every=max(1, (args.iterations or 2000) // 4), seed=1,
                          learning_rate=2e-3 if args.init is None else 1e-3)
@@ -124,10 +126,12 @@ def _train_patch(args: argparse.Namespace) -> int:
 
     if not args.model_dir:
         raise ValueError("--model MODEL_FOLDER (with UNet_whole) is required")
-    _, patch_spec, _ = replace(BundledRecipe(), size=args.size).networks()
+    recipe = replace(BundledRecipe(), size=args.size)
+    _, patch_spec, _ = recipe.networks()
     config = TrainConfig(iterations=args.iterations or 2000, batch_size=args.batch_size or 16,
-                         positive_fraction=0.5, lesion_class_weight=args.lesion_weight or 3.0,
-                         lesion_union_weight=args.union_weight, device=args.device, seed=3)
+                         positive_fraction=0.5, lesion_class_weight=args.lesion_weight or recipe.patch_lesion_weight,
+                         lesion_union_weight=recipe.lesion_union_weight if args.union_weight is None else args.union_weight,
+                         device=args.device, seed=3)
     card = train_patch_model(Path(args.model_dir), Path(args.work_dir), _source(args), config, patch_spec,
                              hard_case_studies=args.hard_case_studies, resume=args.resume, progress=print)
     print(f"wrote {card}")
@@ -167,7 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--iterations", type=int, help="iterations (default: 2000, bundled: the recipe's)")
     train.add_argument("--batch-size", type=int, help="batch size (default: whole 2, patch 16)")
     train.add_argument("--lesion-weight", type=float, help="loss weight of the lesion classes (whole 2, patch 3)")
-    train.add_argument("--union-weight", type=float, default=1.0,
+    train.add_argument("--union-weight", type=float,
                        help="weight of the 'any lesion' Dice term of the loss (default 1; 0: per-class terms only)")
     train.add_argument("--validation-fraction", type=float, default=0.1, help="patients held out for validation")
     train.add_argument("--hard-case-studies", type=int, default=20, help="studies mined for hard cases (patch)")
