@@ -133,7 +133,8 @@ def _train_patch(args: argparse.Namespace) -> int:
                          lesion_union_weight=recipe.lesion_union_weight if args.union_weight is None else args.union_weight,
                          device=args.device, seed=3)
     card = train_patch_model(Path(args.model_dir), Path(args.work_dir), _source(args), config, patch_spec,
-                             hard_case_studies=args.hard_case_studies, resume=args.resume, progress=print)
+                             hard_case_studies=args.hard_case_studies, resume=args.resume, progress=print,
+                             type_balance=recipe.patch_type_balance if args.type_balance is None else args.type_balance)
     print(f"wrote {card}")
     return EXIT_OK
 
@@ -175,6 +176,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="weight of the 'any lesion' Dice term of the loss (default 1; 0: per-class terms only)")
     train.add_argument("--validation-fraction", type=float, default=0.1, help="patients held out for validation")
     train.add_argument("--hard-case-studies", type=int, default=20, help="studies mined for hard cases (patch)")
+    train.add_argument("--type-balance", type=float,
+                       help="patch: rare lesion types get up to this many times more patches per lesion "
+                            "(default: the bundled recipe's; 1: none)")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")

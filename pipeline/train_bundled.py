@@ -37,6 +37,7 @@ from pipeline.training_data import (
     held_out_specs,
     make_cases,
     sample_case_spec,
+    type_balanced_training_specs,
 )
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,22 @@ class BundledRecipe:
     whole_polish_iterations: int = 1000
     whole_polish_learning_rate: float = 5e-4
     whole_polish_lesion_weight: float = 1.5
+    #: type-balanced training studies (pipeline.training_data.type_balanced_training_specs; they
+    #: include the first `train_studies` seeds where the quotas allow): the data of the fourth
+    #: UNet_whole stage and of UNet_patch (0: both use the first `train_studies` studies)
+    typing_studies: int = 120
+    #: a fourth stage on the type-balanced studies at a low learning rate (0 iterations: none)
+    whole_typing_iterations: int = 1000
+    whole_typing_learning_rate: float = 5e-4
     whole_batch_size: int = 2
     patch_iterations: int = 2500
     patch_batch_size: int = 16
     #: weight of the lesion classes in UNet_patch's loss: a lesion is a few hundred of a patch's
     #: 37 000 voxels, and an unweighted patch model learns to call everything background.
     patch_lesion_weight: float = 3.0
+    #: rare lesion types get up to this many times more UNet_patch training patches per lesion
+    #: (pipeline.train_patch.patches_per_lesion_by_type; 1: as many as the common types)
+    patch_type_balance: float = 4.0
     hard_case_studies: int = 20
     processes: int = 2
     loader_workers: int = 0
@@ -96,7 +107,8 @@ class BundledRecipe:
     def small(self) -> "BundledRecipe":
         """A recipe that runs in minutes on a CPU (smoke runs and tests; not the bundled weights)."""
         return replace(self, train_studies=3, validation_studies=0, held_out_studies=1, whole_iterations=4,
-                       whole_finetune_iterations=2, whole_polish_iterations=2,
+                       whole_finetune_iterations=2, whole_polish_iterations=2, typing_studies=4,
+                       whole_typing_iterations=2,
                        whole_batch_size=1, patch_iterations=4, patch_batch_size=4, hard_case_studies=2,
                        processes=1, loader_workers=0)
 
@@ -119,10 +131,13 @@ def train_bundled(
     cascade = replace(cascade, patch_size_voxels=prep.patch_size_voxels)
 
     train_specs = [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(recipe.train_studies)]
+    typing_specs = type_balanced_training_specs(recipe.typing_studies) if recipe.typing_studies else train_specs
     val_specs = [sample_case_spec(VALIDATION_SEED_BASE + i) for i in range(recipe.validation_studies)]
-    say(f"generating {len(train_specs)} training and {len(val_specs)} validation phantom studies")
+    say(f"generating {len(train_specs)} training ({len(typing_specs)} type-balanced) and {len(val_specs)} "
+        "validation phantom studies")
     cache_dir = work_dir / "cases"
     train_cases = make_cases(train_specs, prep, recipe.processes, say, cache_dir=cache_dir)
+    typing_cases = make_cases(typing_specs, prep, recipe.processes, say, cache_dir=cache_dir)
     val_cases = make_cases(val_specs, prep, recipe.processes, say, cache_dir=cache_dir)
     generation_s = time.perf_counter() - started
 
@@ -150,13 +165,18 @@ def train_bundled(
             whole_config, iterations=recipe.whole_polish_iterations, learning_rate=recipe.whole_polish_learning_rate,
             lesion_class_weight=recipe.whole_polish_lesion_weight,
             validate_every=max(1, recipe.whole_polish_iterations // 2), seed=7)),
+        ("unet_whole_typed.pt", replace(
+            whole_config, iterations=recipe.whole_typing_iterations, learning_rate=recipe.whole_typing_learning_rate,
+            validate_every=max(1, recipe.whole_typing_iterations // 2), seed=9)),
     ]
+    stage_cases = {"unet_whole_typed.pt": typing_cases}
     whole: TrainResult | None = None
     for weights_name, config in stages:
         if config.iterations <= 0:
             continue
-        stage = train_network(whole_spec, train_cases, val_cases, prep, config, work_dir, weights_name, resume=resume,
-                              progress=say, init_weights=whole.weights_path if whole else None)
+        stage = train_network(whole_spec, stage_cases.get(weights_name, train_cases), val_cases, prep, config,
+                              work_dir, weights_name, resume=resume, progress=say,
+                              init_weights=whole.weights_path if whole else None)
         whole = stage if whole is None else replace(stage, iterations=whole.iterations + stage.iterations,
                                                     seconds=whole.seconds + stage.seconds)
     if whole is None:
@@ -178,12 +198,13 @@ def train_bundled(
         device=recipe.device,
         seed=3,
     )
-    patch, patch_count = train_patch_network(patch_spec, train_cases, prep, cascade, patch_config, work_dir,
-                                              predictor, recipe.hard_case_studies, resume=resume, progress=say)
+    patch, patch_count = train_patch_network(patch_spec, typing_cases, prep, cascade, patch_config, work_dir,
+                                              predictor, recipe.hard_case_studies, resume=resume, progress=say,
+                                              type_balance=recipe.patch_type_balance)
 
     for result in (whole, patch):
         shutil.copy2(result.weights_path, out_dir / result.weights_path.name)
-    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, patch_count, generation_s, {})
+    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s, {})
 
     evaluation_dir = work_dir / "held-out"
     backend = CardBackend(out_dir, device)
@@ -197,18 +218,20 @@ def train_bundled(
         "held_out_studies": recipe.held_out_studies,
     }
     shutil.copy2(evaluation.report_markdown, out_dir / "held_out_evaluation.md")
-    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, patch_count, generation_s, metrics)
+    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s, metrics)
     say(f"bundled model written to {out_dir} in {(time.perf_counter() - started) / 60:.1f} min")
     return card_path
 
 
 def _write(out_dir: Path, prep: Preprocessing, whole: TrainResult, patch: TrainResult, recipe: BundledRecipe,
-           train_specs, patch_count: int, generation_s: float, metrics: dict) -> Path:
+           train_specs, typing_specs, patch_count: int, generation_s: float, metrics: dict) -> Path:
+    seeds = sorted({spec.seed for spec in (*train_specs, *typing_specs)})
     training_data = (
-        f"{len(train_specs)} synthetic multi-phase CT phantoms made by livernode's own generator "
-        f"(pipeline.phantom, seeds {TRAIN_SEED_BASE}-{TRAIN_SEED_BASE + len(train_specs) - 1}; validation seeds from "
-        f"{VALIDATION_SEED_BASE}), {patch_count} lesion-shuffle patches for UNet_patch. No patient data. "
-        "Synthetic phantoms only: NOT FOR CLINICAL USE."
+        f"{len(seeds)} synthetic multi-phase CT phantoms made by livernode's own generator "
+        f"(pipeline.phantom, seeds {seeds[0]}-{seeds[-1]}: the first {len(train_specs)} for UNet_whole's first stages, "
+        f"{len(typing_specs)} chosen so every primary lesion type is equally common for its last stage and "
+        f"UNet_patch; validation seeds from {VALIDATION_SEED_BASE}), {patch_count} lesion-shuffle patches for "
+        "UNet_patch. No patient data. Synthetic phantoms only: NOT FOR CLINICAL USE."
     )
     metrics = dict(metrics)
     metrics["recipe"] = asdict(recipe)

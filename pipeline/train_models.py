@@ -143,9 +143,11 @@ def train_patch_model(
     hard_case_studies: int = 20,
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
+    type_balance: float = 1.0,
 ) -> Path:
     """Train UNet_patch for the model folder `model_dir` (its UNet_whole mines the hard cases) and
-    add it to the folder's model card. Returns the model card path."""
+    add it to the folder's model card; rare lesion types get up to `type_balance` times more
+    patches per lesion. Returns the model card path."""
     say = progress or log.info
     card = read_model_card(model_dir)
     if card.format != "native":
@@ -163,11 +165,12 @@ def train_patch_model(
     cascade = replace(cascade, patch_size_voxels=prep.patch_size_voxels)
     config = replace(config, crop_size_voxels=prep.patch_size_voxels, validate_every=config.iterations + 1)
     result, count = train_patch_network(patch_spec, train, prep, cascade, config, work_dir, predictor,
-                                        hard_case_studies, resume=resume, progress=say)
+                                        hard_case_studies, resume=resume, progress=say, type_balance=type_balance)
     shutil.copy2(result.weights_path, model_dir / result.weights_path.name)
     metrics = dict(card.metrics)
     metrics.update({"patch_iterations": result.iterations, "patch_training_patches": count,
-                    "patch_training": asdict(config)})
+                    "patch_training": asdict(config),
+                    "patch_type_balance": type_balance})
     card = replace(card, patch=WeightsEntry(file=result.weights_path.name, sha256=result.sha256, network=patch_spec),
                    metrics=metrics)
     path = write_model_card(model_dir, card)

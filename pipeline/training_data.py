@@ -17,15 +17,19 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pipeline.model import Preprocessing
+from pipeline.phantom import _rng as phantom_stream  # the generator's own seeded streams
 from pipeline.phantom import make_phantom
+from pipeline.phantom_lesions import sample_lesion_plan
 from pipeline.train import TrainingCase, case_from_arrays
-from pipeline.types import PHASE_ORDER, Phase, VolumeGeometry
+from pipeline.types import PHASE_ORDER, LesionType, Phase, VolumeGeometry
 
 log = logging.getLogger(__name__)
 
 TRAIN_SEED_BASE = 10_000
 VALIDATION_SEED_BASE = 20_000
 HELD_OUT_SEED_BASE = 30_000
+#: validation studies for choosing settings (docs/tools/cascade_variants.py, patch_typing.py)
+TUNING_SEED_BASE = VALIDATION_SEED_BASE + 100
 
 #: Slice thicknesses (mm) drawn for training studies, with their weights.
 _THICKNESSES_MM: tuple[tuple[float, float], ...] = ((1.0, 0.1), (1.5, 0.1), (2.0, 0.15), (3.0, 0.2), (5.0, 0.45))
@@ -72,6 +76,37 @@ def sample_case_spec(seed: int, phases: Sequence[Phase] = PHASE_ORDER, thickness
         phases=tuple(phases),
         lesions=bool(rng.random() >= 0.1),
     )
+
+
+def primary_lesion_type(spec: PhantomCaseSpec) -> LesionType | None:
+    """The type of the first (primary) lesion that the phantom of `spec` will have, None for a
+    study without lesions; read from the generator's lesion stream without rendering anything."""
+    if not spec.lesions:
+        return None
+    plan = sample_lesion_plan(phantom_stream(spec.seed, "lesions"))
+    return plan[0].lesion_type if plan else None
+
+
+def type_balanced_training_specs(count: int, lesion_free_share: float = 0.1) -> list[PhantomCaseSpec]:
+    """`count` training studies from seeds ``TRAIN_SEED_BASE`` upward in which every primary lesion
+    type is about equally common: a seed is taken while its primary type (or "no lesion") is under
+    its quota (`lesion_free_share` of the studies without lesions, the rest split evenly between
+    the six types). The natural mix has 2-3 times fewer ICC and FNH-like patients than HCC ones."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    free_quota = int(round(lesion_free_share * count))
+    type_quota = -(-(count - free_quota) // len(LesionType))
+    taken: dict[LesionType | None, int] = {}
+    specs: list[PhantomCaseSpec] = []
+    for seed in range(TRAIN_SEED_BASE, VALIDATION_SEED_BASE):
+        spec = sample_case_spec(seed)
+        primary = primary_lesion_type(spec)
+        if taken.get(primary, 0) < (free_quota if primary is None else type_quota):
+            taken[primary] = taken.get(primary, 0) + 1
+            specs.append(spec)
+            if len(specs) == count:
+                return specs
+    raise ValueError(f"the training seed range holds fewer than {count} type-balanced studies")
 
 
 @dataclass
@@ -195,13 +230,24 @@ HELD_OUT_COMBINATIONS: tuple[tuple[Phase, ...], ...] = (
 )
 
 
-def held_out_specs(count: int) -> list[PhantomCaseSpec]:
-    """`count` held-out studies cycling through every phase combination and through 5 mm, 2 mm and
-    1.5 mm slices."""
+def tuning_specs(count: int) -> list[PhantomCaseSpec]:
+    """`count` validation studies for choosing settings (seeds from ``TUNING_SEED_BASE``, apart from
+    the 2 validation studies watched during training), with the held-out set's phase combinations
+    and slice thicknesses; never the held-out studies themselves."""
+    return _evaluation_specs(count, TUNING_SEED_BASE)
+
+
+def _evaluation_specs(count: int, seed_base: int) -> list[PhantomCaseSpec]:
     thicknesses = (5.0, 2.0, 5.0, 1.5)
     specs = []
     for index in range(count):
         phases = HELD_OUT_COMBINATIONS[index % len(HELD_OUT_COMBINATIONS)]
         thickness = thicknesses[(index // len(HELD_OUT_COMBINATIONS)) % len(thicknesses)]
-        specs.append(sample_case_spec(HELD_OUT_SEED_BASE + index, phases, thickness_mm=thickness))
+        specs.append(sample_case_spec(seed_base + index, phases, thickness_mm=thickness))
     return specs
+
+
+def held_out_specs(count: int) -> list[PhantomCaseSpec]:
+    """`count` held-out studies cycling through every phase combination and through 5 mm, 2 mm and
+    1.5 mm slices."""
+    return _evaluation_specs(count, HELD_OUT_SEED_BASE)

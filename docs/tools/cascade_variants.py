@@ -27,10 +27,9 @@ from pipeline.evaluation_report import write_report
 from pipeline.model import select_device
 from pipeline.model_cascade import cascade_on_prediction
 from pipeline.train import case_model_input, dice_per_class
-from pipeline.training_data import HELD_OUT_COMBINATIONS, VALIDATION_SEED_BASE, make_cases, sample_case_spec
+from pipeline.training_data import make_cases, tuning_specs
 from pipeline.types import LESION_LABELS, Label
 
-TUNING_SEED_BASE = VALIDATION_SEED_BASE + 100
 SMALL_STRATA = ("<0.5", "0.5-2")
 
 
@@ -77,9 +76,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("livernode-data/cascade-variants"))
     args = parser.parse_args()
     variants = dict(parse_variant(v) for v in (args.variant or ["paper:"]))
-    thicknesses = (5.0, 2.0, 5.0, 1.5)
-    specs = [sample_case_spec(TUNING_SEED_BASE + i, HELD_OUT_COMBINATIONS[i % 4], thickness_mm=thicknesses[(i // 4) % 4])
-             for i in range(args.studies)]
+    specs = tuning_specs(args.studies)
     backend = CardBackend(args.model, select_device("auto"))
     cases = make_cases(specs, backend.preprocessing, 2, print, cache_dir=args.work / "cases")
     truth_dir = args.work / "truth"

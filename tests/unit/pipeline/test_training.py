@@ -136,10 +136,11 @@ def test_train_whole_then_patch_gives_a_loadable_model_and_resumes(tmp_path: Pat
     assert read_model_card(model_dir).metrics["whole_iterations"] == 5
 
     patch_config = TrainConfig(iterations=2, batch_size=4, seed=3)
-    train_patch_model(model_dir, work, source, patch_config, TINY_SHAPE.patch, hard_case_studies=1)
+    train_patch_model(model_dir, work, source, patch_config, TINY_SHAPE.patch, hard_case_studies=1, type_balance=2.0)
     card = read_model_card(model_dir)
     assert card.patch is not None and card.metrics["patch_training_patches"] > 0
     assert card.metrics["patch_training"]["iterations"] == 2
+    assert card.metrics["patch_type_balance"] == 2.0
 
     backend = CardBackend(model_dir, select_device("cpu"))
     volumes = _tiny_phantom(650, (Phase.VP,))
