@@ -77,6 +77,8 @@ def _train_bundled(args: argparse.Namespace) -> int:
     from pipeline.train_bundled import BundledRecipe, train_bundled
 
     recipe = replace(BundledRecipe(), size=args.size, device=args.device)
+    if args.type_balanced:
+        recipe = recipe.type_balanced()
     if args.phantoms is not None:
         recipe = replace(recipe, train_studies=args.phantoms)
     if args.iterations is not None:
@@ -178,7 +180,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--hard-case-studies", type=int, default=20, help="studies mined for hard cases (patch)")
     train.add_argument("--type-balance", type=float,
                        help="patch: rare lesion types get up to this many times more patches per lesion "
-                            "(default: the bundled recipe's; 1: none)")
+                            "(default 1: none; the type-balanced recipe uses 4)")
+    train.add_argument("--type-balanced", action="store_true",
+                       help="bundled: the recipe with type-balanced training data for lesion typing "
+                            "(BundledRecipe.type_balanced; not what made the bundled weights)")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")

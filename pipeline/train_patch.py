@@ -9,8 +9,8 @@ to the preprocessing's background value, exactly as the cascade cuts them at inf
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
