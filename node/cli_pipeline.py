@@ -84,7 +84,11 @@ def _train_bundled(args: argparse.Namespace) -> int:
     if args.iterations is not None:
         recipe = replace(recipe, whole_iterations=args.iterations, patch_iterations=args.iterations)
     out_dir = Path(args.out_dir or "pipeline/models/phantom-demo")
-    card = train_bundled(out_dir, Path(args.work_dir), recipe, resume=args.resume, progress=print)
+    whole_start = Path(args.whole_from) if args.whole_from else None
+    if whole_start is not None and not whole_start.is_file():
+        raise ValueError(f"--whole-from {whole_start}: no such weights file")
+    card = train_bundled(out_dir, Path(args.work_dir), recipe, resume=args.resume, progress=print,
+                         whole_start=whole_start)
     metrics = json.loads(card.read_text(encoding="utf-8")).get("metrics", {})
     print(f"wrote {card}; held-out liver Dice {metrics.get('held_out_liver_dice_mean', float('nan')):.3f}")
     return EXIT_OK
@@ -184,6 +188,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--type-balanced", action="store_true",
                        help="bundled: the recipe with type-balanced training data for lesion typing "
                             "(BundledRecipe.type_balanced; not what made the bundled weights)")
+    train.add_argument("--whole-from", metavar="WEIGHTS",
+                       help="bundled: UNet_whole weights of an earlier run (e.g. pipeline/models/phantom-demo/"
+                            "unet_whole_polished.pt); only the type-balanced stage of UNet_whole runs, from them")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")

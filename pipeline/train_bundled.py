@@ -25,6 +25,7 @@ from pipeline.model import (
     Preprocessing,
     load_native_network,
     select_device,
+    sha256_of,
     use_bf16,
 )
 from pipeline.types import LESION_LABELS, NUM_CLASSES
@@ -122,35 +123,19 @@ class BundledRecipe:
                        processes=1, loader_workers=0)
 
 
-def train_bundled(
-    out_dir: Path,
-    work_dir: Path,
-    recipe: BundledRecipe = BundledRecipe(),
-    cascade: CascadeConfig = CascadeConfig(),
-    resume: bool = False,
-    progress: Callable[[str], None] | None = None,
-) -> Path:
-    """Train both networks and write weights plus model card to `out_dir`; returns the card path.
-    `work_dir` holds checkpoints and the held-out evaluation."""
-    say = progress or log.info
-    started = time.perf_counter()
-    whole_spec, patch_spec, prep = recipe.networks()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cascade = replace(cascade, patch_size_voxels=prep.patch_size_voxels)
+@dataclass(frozen=True)
+class WholeStage:
+    """One UNet_whole training stage; each starts from the previous stage's weights."""
 
-    train_specs = [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(recipe.train_studies)]
-    typing_specs = type_balanced_training_specs(recipe.typing_studies) if recipe.typing_studies else train_specs
-    val_specs = [sample_case_spec(VALIDATION_SEED_BASE + i) for i in range(recipe.validation_studies)]
-    say(f"generating {len(train_specs)} training ({len(typing_specs)} type-balanced) and {len(val_specs)} "
-        "validation phantom studies")
-    cache_dir = work_dir / "cases"
-    train_cases = make_cases(train_specs, prep, recipe.processes, say, cache_dir=cache_dir)
-    typing_cases = make_cases(typing_specs, prep, recipe.processes, say, cache_dir=cache_dir)
-    val_cases = make_cases(val_specs, prep, recipe.processes, say, cache_dir=cache_dir)
-    generation_s = time.perf_counter() - started
+    weights_name: str
+    config: TrainConfig
+    #: trained on the type-balanced studies (else on the first `train_studies`)
+    on_typing_studies: bool = False
 
-    whole_config = TrainConfig(
+
+def whole_stages(recipe: BundledRecipe, prep: Preprocessing) -> list[WholeStage]:
+    """The recipe's UNet_whole stages in order, those with 0 iterations left out."""
+    first = TrainConfig(
         iterations=recipe.whole_iterations,
         batch_size=recipe.whole_batch_size,
         crop_size_voxels=prep.roi_size_voxels,
@@ -162,32 +147,83 @@ def train_bundled(
         device=recipe.device,
         seed=1,
     )
-    # later stages start from the previous stage's weights (0 iterations: the stage is left out)
     stages = [
-        ("unet_whole.pt", whole_config),
-        ("unet_whole_finetuned.pt", replace(
-            whole_config, iterations=recipe.whole_finetune_iterations, learning_rate=whole_config.learning_rate / 2,
+        WholeStage("unet_whole.pt", first),
+        WholeStage("unet_whole_finetuned.pt", replace(
+            first, iterations=recipe.whole_finetune_iterations, learning_rate=first.learning_rate / 2,
             lesion_class_weight=recipe.whole_finetune_lesion_weight,
             positive_fraction=recipe.whole_finetune_positive_fraction,
             validate_every=max(1, recipe.whole_finetune_iterations // 2), seed=5)),
-        ("unet_whole_polished.pt", replace(
-            whole_config, iterations=recipe.whole_polish_iterations, learning_rate=recipe.whole_polish_learning_rate,
+        WholeStage("unet_whole_polished.pt", replace(
+            first, iterations=recipe.whole_polish_iterations, learning_rate=recipe.whole_polish_learning_rate,
             lesion_class_weight=recipe.whole_polish_lesion_weight,
             validate_every=max(1, recipe.whole_polish_iterations // 2), seed=7)),
-        ("unet_whole_typed.pt", replace(
-            whole_config, iterations=recipe.whole_typing_iterations, learning_rate=recipe.whole_typing_learning_rate,
-            validate_every=max(1, recipe.whole_typing_iterations // 2), seed=9)),
+        WholeStage("unet_whole_typed.pt", replace(
+            first, iterations=recipe.whole_typing_iterations, learning_rate=recipe.whole_typing_learning_rate,
+            validate_every=max(1, recipe.whole_typing_iterations // 2), seed=9), on_typing_studies=True),
     ]
-    stage_cases = {"unet_whole_typed.pt": typing_cases}
+    return [stage for stage in stages if stage.config.iterations > 0]
+
+
+def started_whole(weights: Path, spec: NetworkSpec) -> TrainResult:
+    """UNet_whole weights of an earlier run taken as the result of the natural-mix stages; a file
+    that is not `spec`'s weights fails here with the file named."""
+    load_native_network(weights, spec, select_device("cpu"))
+    return TrainResult(weights, sha256_of(weights), 0)
+
+
+def train_bundled(
+    out_dir: Path,
+    work_dir: Path,
+    recipe: BundledRecipe = BundledRecipe(),
+    cascade: CascadeConfig = CascadeConfig(),
+    resume: bool = False,
+    progress: Callable[[str], None] | None = None,
+    whole_start: Path | None = None,
+) -> Path:
+    """Train both networks and write weights plus model card to `out_dir`; returns the card path.
+    `work_dir` holds checkpoints and the held-out evaluation. `whole_start`: UNet_whole weights made
+    by the natural-mix stages of an earlier run (the bundled model's): only the type-balanced stage
+    of UNet_whole runs, from them."""
+    say = progress or log.info
+    started = time.perf_counter()
+    whole_spec, patch_spec, prep = recipe.networks()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cascade = replace(cascade, patch_size_voxels=prep.patch_size_voxels)
+
+    train_specs = [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(recipe.train_studies)]
+    typing_specs = type_balanced_training_specs(recipe.typing_studies) if recipe.typing_studies else train_specs
+    val_specs = [sample_case_spec(VALIDATION_SEED_BASE + i) for i in range(recipe.validation_studies)]
+    stages = whole_stages(recipe, prep)
     whole: TrainResult | None = None
-    for weights_name, config in stages:
-        if config.iterations <= 0:
-            continue
-        stage = train_network(whole_spec, stage_cases.get(weights_name, train_cases), val_cases, prep, config,
-                              work_dir, weights_name, resume=resume, progress=say,
-                              init_weights=whole.weights_path if whole else None)
-        whole = stage if whole is None else replace(stage, iterations=whole.iterations + stage.iterations,
-                                                    seconds=whole.seconds + stage.seconds)
+    start_note: dict = {}
+    if whole_start is not None:
+        whole = started_whole(whole_start, whole_spec)
+        start_note = {"whole_started_from": {"file": whole_start.name, "sha256": whole.sha256}}
+        stages = [stage for stage in stages if stage.on_typing_studies]
+        say(f"UNet_whole: starting from {whole_start} (sha256 {whole.sha256[:12]}); its natural-mix stages "
+            "are not re-run")
+    need_train_cases = any(not stage.on_typing_studies for stage in stages)
+    say(f"generating {len(train_specs)} training ({len(typing_specs)} type-balanced) and {len(val_specs)} "
+        "validation phantom studies")
+    cache_dir = work_dir / "cases"
+    typing_cases = make_cases(typing_specs, prep, recipe.processes, say, cache_dir=cache_dir)
+    if typing_specs is train_specs:
+        train_cases = typing_cases
+    elif need_train_cases:
+        train_cases = make_cases(train_specs, prep, recipe.processes, say, cache_dir=cache_dir)
+    else:
+        train_cases = []
+    val_cases = make_cases(val_specs, prep, recipe.processes, say, cache_dir=cache_dir)
+    generation_s = time.perf_counter() - started
+
+    for stage in stages:
+        cases = typing_cases if stage.on_typing_studies else train_cases
+        result = train_network(whole_spec, cases, val_cases, prep, stage.config, work_dir, stage.weights_name,
+                               resume=resume, progress=say, init_weights=whole.weights_path if whole else None)
+        whole = result if whole is None else replace(result, iterations=whole.iterations + result.iterations,
+                                                     seconds=whole.seconds + result.seconds)
     if whole is None:
         raise ValueError(f"whole_iterations must be >= 1, got {recipe.whole_iterations}")
 
@@ -212,8 +248,11 @@ def train_bundled(
                                               type_balance=recipe.patch_type_balance)
 
     for result in (whole, patch):
-        shutil.copy2(result.weights_path, out_dir / result.weights_path.name)
-    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s, {})
+        target = out_dir / result.weights_path.name
+        if not target.exists() or not target.samefile(result.weights_path):
+            shutil.copy2(result.weights_path, target)
+    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s,
+                       start_note)
 
     evaluation_dir = work_dir / "held-out"
     backend = CardBackend(out_dir, device)
@@ -221,6 +260,7 @@ def train_bundled(
                                       processes=recipe.processes, cache_dir=cache_dir)
     report = json.loads(evaluation.report_json.read_text(encoding="utf-8"))
     metrics = {
+        **start_note,
         "validation": whole.validation,
         "held_out_liver_dice_mean": evaluation.liver_dice_mean,
         "held_out_report": report,

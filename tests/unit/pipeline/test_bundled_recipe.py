@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
-from pipeline.model import BUNDLED_MODEL_DIR
-from pipeline.train_bundled import BundledRecipe
+import pytest
+
+from node.cli import main
+from pipeline.model import BUNDLED_MODEL_DIR, ModelLoadError
+from pipeline.train_bundled import BundledRecipe, started_whole, whole_stages
 
 TYPING_FIELDS = {"typing_studies", "whole_typing_iterations", "patch_iterations", "patch_type_balance"}
 
@@ -22,3 +26,35 @@ def test_type_balanced_recipe_changes_only_the_typing_settings() -> None:
     changed = {key for key in base if base[key] != typed[key]}
     assert changed == TYPING_FIELDS
     assert typed["typing_studies"] > 0 and typed["whole_typing_iterations"] > 0 and typed["patch_type_balance"] > 1
+
+
+def test_whole_stages_follow_the_recipe() -> None:
+    _, _, prep = BundledRecipe().networks()
+    bundled = whole_stages(BundledRecipe(), prep)
+    assert [stage.weights_name for stage in bundled] == ["unet_whole.pt", "unet_whole_finetuned.pt",
+                                                          "unet_whole_polished.pt"]
+    assert not any(stage.on_typing_studies for stage in bundled)
+    typed = whole_stages(BundledRecipe().type_balanced(), prep)
+    assert typed[:3] == bundled
+    assert typed[3].weights_name == "unet_whole_typed.pt" and typed[3].on_typing_studies
+    assert typed[3].config.iterations == 1000 and typed[3].config.learning_rate == 5e-4
+
+
+def test_started_whole_checks_the_weights(tmp_path: Path) -> None:
+    card = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))
+    spec, patch_spec, _ = BundledRecipe().networks()
+    started = started_whole(BUNDLED_MODEL_DIR / card["whole"]["file"], spec)
+    assert started.sha256 == card["whole"]["sha256"] and started.iterations == 0
+    with pytest.raises(ModelLoadError, match="unet_patch.pt"):  # weights of the other network
+        started_whole(BUNDLED_MODEL_DIR / card["patch"]["file"], spec)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not weights")
+    with pytest.raises(ModelLoadError, match="corrupt.pt"):
+        started_whole(corrupt, spec)
+
+
+def test_train_bundled_cli_refuses_a_missing_start_file(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nothing.pt"
+    assert main(["train", "bundled", "--whole-from", str(missing), "--work", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "m")]) == 1
+    assert "nothing.pt" in capsys.readouterr().err

@@ -1,0 +1,31 @@
+"""`train_bundled` end to end on the small recipe, continuing from the bundled UNet_whole
+(`--whole-from`): only the type-balanced stage and UNet_patch train, the held-out evaluation runs,
+and the card says where UNet_whole started. Takes a few minutes (phantom generation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.model import BUNDLED_MODEL_DIR, read_model_card
+from pipeline.train_bundled import BundledRecipe, train_bundled
+
+
+def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) -> None:
+    bundled = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))
+    start = BUNDLED_MODEL_DIR / bundled["whole"]["file"]
+    messages: list[str] = []
+    recipe = BundledRecipe().type_balanced().small()
+    card_path = train_bundled(tmp_path / "model", tmp_path / "work", recipe, progress=messages.append,
+                              whole_start=start)
+    card = read_model_card(card_path.parent)
+    assert card.whole.file == "unet_whole_typed.pt" and card.patch.file == "unet_patch.pt"
+    assert card.whole.sha256 != bundled["whole"]["sha256"]  # the type-balanced stage changed it
+    assert card.metrics["whole_started_from"] == {"file": start.name, "sha256": bundled["whole"]["sha256"]}
+    assert card.metrics["recipe"]["typing_studies"] == recipe.typing_studies
+    assert "held_out_report" in card.metrics
+    assert (tmp_path / "model" / "held_out_evaluation.md").is_file()
+    # only the type-balanced stage of UNet_whole ran; the natural-mix studies were never made
+    assert not any(name in m for m in messages for name in ("unet_whole.pt:", "unet_whole_polished.pt:"))
+    assert any("unet_whole_typed.pt: iteration" in m for m in messages)
+    assert not (tmp_path / "work" / "unet_whole.checkpoint.pt").exists()
