@@ -2,7 +2,7 @@
 # Set up livernode on this machine: a virtual environment in .venv with the package installed.
 #   deploy/setup.sh            the node itself
 #   deploy/setup.sh --test     also the test tools and the real DICOM peers the tests start
-#                              (DCMTK, dicom3tools, Orthanc; installed with apt-get when run as root)
+#                              (DCMTK, dicom3tools, Orthanc, PixelMed; installed with apt-get when run as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,8 @@ if [ "$with_test" = 1 ]; then
   command -v dciodvfy >/dev/null || need+=(dicom3tools)
   { command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ]; } || need+=(orthanc orthanc-python)
   [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+  # PixelMed's DicomSRValidator reads our TID 1500 reports as a second, independent tool
+  { [ -e /usr/share/java/pixelmed.jar ] && command -v java >/dev/null; } || need+=(pixelmed-apps)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "setup.sh: installing ${need[*]} with apt-get"
