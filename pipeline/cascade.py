@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.classify import JointVerdict, classify_patient, joint_verdict
 from pipeline.config import CascadeConfig
+from pipeline.liver_region import keep_largest_liver_region
 from pipeline.livermax import livermax_vector
 from pipeline.matching import SensitivityMatch, match_sensitivities
 from pipeline.reclassify import PatchModel, ReclassifyOutcome, ReclassifyResult, reclassify
@@ -174,6 +175,8 @@ def run_cascade(
     t0 = time.perf_counter()
     multi = scaled_argmax(probabilities, config.sensitivity_factors, slab_slices=config.slab_slices)
     base_labels, high_labels = multi.label_maps[base_f], multi.label_maps[high_f]
+    if config.keep_largest_liver_region:
+        base_labels, high_labels = keep_largest_liver_region(base_labels), keep_largest_liver_region(high_labels)
     timings["sensitivity_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -40,6 +40,9 @@ class CascadeConfig:
     slab_slices: int = 32
     #: lesions under this volume are ignored by seg2det consumers (evaluation, reports).
     min_lesion_volume_ml: float = 0.0
+    #: liver voxels outside the largest connected liver-and-lesion region become background
+    #: (pipeline.liver_region).
+    keep_largest_liver_region: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity_factors", tuple(float(f) for f in self.sensitivity_factors))
