@@ -84,11 +84,8 @@ def _train_bundled(args: argparse.Namespace) -> int:
     if args.iterations is not None:
         recipe = replace(recipe, whole_iterations=args.iterations, patch_iterations=args.iterations)
     out_dir = Path(args.out_dir or "pipeline/models/phantom-demo")
-    whole_start = Path(args.whole_from) if args.whole_from else None
-    if whole_start is not None and not whole_start.is_file():
-        raise ValueError(f"--whole-from {whole_start}: no such weights file")
     card = train_bundled(out_dir, Path(args.work_dir), recipe, resume=args.resume, progress=print,
-                         whole_start=whole_start)
+                         whole_start=Path(args.whole_from) if args.whole_from else None)
     metrics = json.loads(card.read_text(encoding="utf-8")).get("metrics", {})
     print(f"wrote {card}; held-out liver Dice {metrics.get('held_out_liver_dice_mean', float('nan')):.3f}")
     return EXIT_OK

@@ -212,6 +212,8 @@ def verified_weights_path(model_dir: Path, entry: WeightsEntry) -> Path:
 
 def load_native_network(path: Path, spec: NetworkSpec, device: torch.device) -> torch.nn.Module:
     """Build `spec` and load a state-dict weights file into it, in eval mode on `device`."""
+    if not Path(path).is_file():
+        raise ModelLoadError(f"{path}: no such weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a corrupt file

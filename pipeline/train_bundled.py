@@ -188,6 +188,15 @@ def train_bundled(
     say = progress or log.info
     started = time.perf_counter()
     whole_spec, patch_spec, prep = recipe.networks()
+    stages = whole_stages(recipe, prep)
+    whole: TrainResult | None = None
+    start_note: dict = {}
+    if whole_start is not None:  # checked before anything is written
+        whole = started_whole(whole_start, whole_spec)
+        start_note = {"whole_started_from": {"file": whole_start.name, "sha256": whole.sha256}}
+        stages = [stage for stage in stages if stage.on_typing_studies]
+        say(f"UNet_whole: starting from {whole_start} (sha256 {whole.sha256[:12]}); its natural-mix stages "
+            "are not re-run")
     work_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     cascade = replace(cascade, patch_size_voxels=prep.patch_size_voxels)
@@ -195,15 +204,6 @@ def train_bundled(
     train_specs = [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(recipe.train_studies)]
     typing_specs = type_balanced_training_specs(recipe.typing_studies) if recipe.typing_studies else train_specs
     val_specs = [sample_case_spec(VALIDATION_SEED_BASE + i) for i in range(recipe.validation_studies)]
-    stages = whole_stages(recipe, prep)
-    whole: TrainResult | None = None
-    start_note: dict = {}
-    if whole_start is not None:
-        whole = started_whole(whole_start, whole_spec)
-        start_note = {"whole_started_from": {"file": whole_start.name, "sha256": whole.sha256}}
-        stages = [stage for stage in stages if stage.on_typing_studies]
-        say(f"UNet_whole: starting from {whole_start} (sha256 {whole.sha256[:12]}); its natural-mix stages "
-            "are not re-run")
     need_train_cases = any(not stage.on_typing_studies for stage in stages)
     say(f"generating {len(train_specs)} training ({len(typing_specs)} type-balanced) and {len(val_specs)} "
         "validation phantom studies")

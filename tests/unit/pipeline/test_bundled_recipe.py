@@ -57,4 +57,5 @@ def test_train_bundled_cli_refuses_a_missing_start_file(tmp_path: Path, capsys) 
     missing = tmp_path / "nothing.pt"
     assert main(["train", "bundled", "--whole-from", str(missing), "--work", str(tmp_path / "w"),
                  "--out", str(tmp_path / "m")]) == 1
-    assert "nothing.pt" in capsys.readouterr().err
+    assert "nothing.pt: no such weights file" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before anything was written
