@@ -1,5 +1,5 @@
 """Offline subcommands: ``process`` (one study folder to results), ``evaluate`` (metrics of
-predictions against ground truth) and ``train`` (UNet_whole / UNet_patch on a dataset folder or phantoms, or the bundled model)."""
+predictions against ground truth) and ``train`` (UNet_whole / UNet_patch / lesion typer on a dataset folder or phantoms, or the bundled model)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pipeline.errors import PipelineError
     from pipeline.model import ModelLoadError
 
-    handlers = {"bundled": _train_bundled, "whole": _train_whole, "patch": _train_patch}
+    handlers = {"bundled": _train_bundled, "whole": _train_whole, "patch": _train_patch, "typer": _train_typer}
     try:
         return handlers[args.what](args)
     except (PipelineError, ModelLoadError, ValueError) as error:
@@ -96,8 +96,10 @@ def _source(args: argparse.Namespace):
 
     if (args.data is None) == (args.phantoms is None):
         raise ValueError("give exactly one of --data DATASET_FOLDER and --phantoms N")
+    if args.type_balanced and args.data is not None:
+        raise ValueError("--type-balanced chooses phantom seeds; it does not apply to --data")
     return TrainingSource(dataset=Path(args.data) if args.data else None, phantoms=args.phantoms or 0,
-                          validation_fraction=args.validation_fraction)
+                          validation_fraction=args.validation_fraction, type_balanced=args.type_balanced)
 
 
 def _train_whole(args: argparse.Namespace) -> int:
@@ -142,6 +144,23 @@ def _train_patch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train_typer(args: argparse.Namespace) -> int:
+    from pipeline.lesion_typer import TyperTraining
+    from pipeline.model import read_model_card
+    from pipeline.train_typer import train_typer_model
+
+    if not args.model_dir:
+        raise ValueError("--model MODEL_FOLDER is required")
+    model_dir = Path(args.model_dir)
+    source = _source(args)
+    prep = read_model_card(model_dir).preprocessing
+    cases, _ = source.load(prep, Path(args.work_dir), print)
+    settings = TyperTraining(iterations=args.iterations or TyperTraining().iterations)
+    card = train_typer_model(model_dir, cases, source.describe(), settings, progress=print)
+    print(f"wrote {card}")
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the offline subcommands to the ``livernode`` parser."""
     process = sub.add_parser("process", help="process one study folder into DICOM SEG, SR and findings.json")
@@ -158,16 +177,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     train = sub.add_parser(
-        "train", help="train UNet_whole or UNet_patch on a labelled dataset folder or phantoms",
+        "train", help="train UNet_whole, UNet_patch or the lesion typer on a labelled dataset folder or phantoms",
         description="whole: UNet_whole into a new model folder (--out), from scratch or from --init; "
                     "patch: UNet_patch added to a model folder (--model), hard cases mined by its UNet_whole; "
+                    "typer: the lesion typer (enhancement features -> type) added to a model folder (--model); "
                     "bundled: reproduce the bundled demo model from scratch (both networks, held-out "
                     "evaluation). Dataset folders: nnU-Net v2 raw layout, docs/models.md.")
-    train.add_argument("what", choices=["whole", "patch", "bundled"])
+    train.add_argument("what", choices=["whole", "patch", "typer", "bundled"])
     train.add_argument("--data", help="labelled dataset folder (dataset.json, imagesTr/, labelsTr/)")
     train.add_argument("--phantoms", type=int, help="train on N synthetic phantom studies instead")
     train.add_argument("--out", dest="out_dir", help="model folder to write (whole, bundled)")
-    train.add_argument("--model", dest="model_dir", help="model folder to add UNet_patch to (patch)")
+    train.add_argument("--model", dest="model_dir", help="model folder to add UNet_patch or the lesion typer to (patch, typer)")
     train.add_argument("--init", help="model folder whose UNet_whole to start from (whole: fine-tuning)")
     train.add_argument("--work", dest="work_dir", default="livernode-data/train/work",
                        help="checkpoints and cached cases (default livernode-data/train/work)")
@@ -184,7 +204,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "(default 1: none; the type-balanced recipe uses 4)")
     train.add_argument("--type-balanced", action="store_true",
                        help="bundled: the recipe with type-balanced training data for lesion typing "
-                            "(BundledRecipe.type_balanced; not what made the bundled weights)")
+                            "(BundledRecipe.type_balanced; not what made the bundled weights); whole, patch, "
+                            "typer with --phantoms: phantom seeds with every primary lesion type equally common")
     train.add_argument("--whole-from", metavar="WEIGHTS",
                        help="bundled: UNet_whole weights of an earlier run (e.g. pipeline/models/phantom-demo/"
                             "unet_whole_polished.pt); only the type-balanced stage of UNet_whole runs, from them")

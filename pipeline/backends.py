@@ -17,6 +17,7 @@ import torch
 
 from pipeline.config import BackendConfig
 from pipeline.inference import ModelInput, WholePredictor, make_patch_model, prepare_input
+from pipeline.lesion_typer import LesionTyper, load_typer, typer_callable
 from pipeline.model import (
     PATCH_NETWORK,
     WHOLE_NETWORK,
@@ -59,6 +60,10 @@ class SegmentationBackend(Protocol):
         """UNet_patch as a callable for reclassification, or None when the model has none."""
         ...
 
+    def lesion_typer(self) -> LesionTyper | None:
+        """The lesion typer (enhancement features -> type probabilities), or None."""
+        ...
+
 
 class CardBackend:
     """Native or TorchScript weights described by a livernode model card."""
@@ -92,6 +97,9 @@ class CardBackend:
                 self._patch = load_torchscript_network(patch_path, device)
             else:
                 self._patch = load_native_network(patch_path, card.patch.network or PATCH_NETWORK, device)
+        self._typer: torch.nn.Module | None = None
+        if card.typer is not None:
+            self._typer = load_typer(verified_weights_path(model_dir, card.typer), card.typer.spec)
         log.info("loaded model %s %s (%s) on %s%s", card.name, card.version, card.format, device,
                  " with bfloat16 autocast" if self.bf16 else "")
 
@@ -109,6 +117,9 @@ class CardBackend:
         if self._patch is None:
             return None
         return make_patch_model(self._patch, present, self.preprocessing, self.device, bf16=self.bf16)
+
+    def lesion_typer(self) -> LesionTyper | None:
+        return typer_callable(self._typer) if self._typer is not None else None
 
 
 class NnUNetBackend:
@@ -164,6 +175,9 @@ class NnUNetBackend:
         return Prediction(np.asarray(probabilities, dtype=np.float16), model_input)
 
     def patch_model(self, present: tuple[Phase, ...]) -> PatchModel | None:
+        return None
+
+    def lesion_typer(self) -> LesionTyper | None:
         return None
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.classify import JointVerdict, classify_patient, joint_verdict
 from pipeline.config import CascadeConfig
+from pipeline.lesion_typer import LesionTyper, retype_lesions
 from pipeline.liver_region import keep_largest_liver_region
 from pipeline.livermax import livermax_vector
 from pipeline.matching import SensitivityMatch, match_sensitivities
@@ -160,12 +161,14 @@ def run_cascade(
     patch_fill_value: float = 0.0,
     connectivity_2d: int = 8,
     batch_size: int = 8,
+    lesion_typer: LesionTyper | None = None,
 ) -> CascadeResult:
     """Run steps 2-9 of the cascade on one study.
 
     ``patch_channels`` are the (Z, Y, X) image channels the patch model expects; by default the HU
     volumes of the phases present in the canonical order NC, AP, VP, DP. Voxels outside the liver
-    of each patch are set to ``patch_fill_value``.
+    of each patch are set to ``patch_fill_value``. With a ``lesion_typer`` the lesions kept by
+    reclassification take the type it gives them (:mod:`pipeline.lesion_typer`).
     """
     _check_inputs(probabilities, hu_by_phase, geometry)
     timings: dict[str, float] = {}
@@ -214,6 +217,11 @@ def run_cascade(
                          f"mean overlap >= {config.reclassify_threshold_ml} ml over "
                          f"{config.inference_patches_per_lesion} patches; > {config.reclassify_max_volume_ml} ml skip")
             )  # fmt: skip
+    if lesion_typer is not None:
+        base_recls = retype_lesions(base_recls, hu, base_labels, geometry, lesion_typer)
+        high_recls = retype_lesions(high_recls, hu, high_labels, geometry, lesion_typer)
+        decisions.append(Decision("lesion typing", "study", f"{len(base_recls)} base, {len(high_recls)} high",
+                                  "types of the kept lesions from their enhancement features (lesion typer)"))
     timings["reclassify_s"] = time.perf_counter() - t0
 
     match = match_sensitivities(base_recls, high_recls)

@@ -43,6 +43,9 @@ class CascadeConfig:
     #: liver voxels outside the largest connected liver-and-lesion region become background
     #: (pipeline.liver_region).
     keep_largest_liver_region: bool = True
+    #: kept lesions take the type the model's lesion typer gives them, when the model has one
+    #: (pipeline.lesion_typer); off: the type of reclassification's UNet_patch vote (the paper).
+    lesion_typing: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity_factors", tuple(float(f) for f in self.sensitivity_factors))

@@ -128,6 +128,16 @@ class WeightsEntry:
 
 
 @dataclass
+class TyperEntry:
+    """The lesion typer's weights file and its spec (``pipeline.lesion_typer.TyperSpec.to_json``)."""
+
+    file: str
+    sha256: str
+    spec: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ModelCard:
     """The model card: identity, preprocessing, networks and provenance."""
 
@@ -141,6 +151,7 @@ class ModelCard:
     training_data: str = ""
     intended_use: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    typer: TyperEntry | None = None
 
     def identity(self) -> ModelIdentity:
         return ModelIdentity(
@@ -168,6 +179,13 @@ def _weights_entry(data: Any, where: str, path: Path) -> WeightsEntry:
     return WeightsEntry(file=str(data["file"]), sha256=str(data["sha256"]), network=network)
 
 
+def _typer_entry(data: Any, path: Path) -> TyperEntry:
+    if not isinstance(data, dict) or not {"file", "sha256", "spec"} <= set(data):
+        raise ModelLoadError(f"{path}: 'typer' must give 'file', 'sha256' and 'spec'")
+    return TyperEntry(file=str(data["file"]), sha256=str(data["sha256"]), spec=dict(data["spec"]),
+                      training=dict(data.get("training", {})))
+
+
 def read_model_card(model_dir: Path) -> ModelCard:
     """Read and check ``model_card.json`` in `model_dir`."""
     path = model_dir / MODEL_CARD_NAME
@@ -186,6 +204,7 @@ def read_model_card(model_dir: Path) -> ModelCard:
             training_data=str(data.get("training_data", "")),
             intended_use=str(data.get("intended_use", "")),
             metrics=dict(data.get("metrics", {})),
+            typer=_typer_entry(data["typer"], path) if data.get("typer") else None,
         )
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelLoadError(f"{path}: not valid JSON ({error})") from None
@@ -196,7 +215,7 @@ def read_model_card(model_dir: Path) -> ModelCard:
     return card
 
 
-def verified_weights_path(model_dir: Path, entry: WeightsEntry) -> Path:
+def verified_weights_path(model_dir: Path, entry: WeightsEntry | TyperEntry) -> Path:
     """The weights file of `entry`, after checking that it exists and its sha256 matches."""
     path = model_dir / entry.file
     if not path.is_file():

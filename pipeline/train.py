@@ -33,6 +33,7 @@ from pipeline.model import (
     ModelCard,
     NetworkSpec,
     Preprocessing,
+    TyperEntry,
     WeightsEntry,
     load_native_network,
     save_native_weights,
@@ -382,6 +383,7 @@ def write_card(
     training_data: str,
     metrics: dict | None = None,
     whole_spec: NetworkSpec = WHOLE_NETWORK,
+    typer: TyperEntry | None = None,
 ) -> Path:
     """Write the model card for freshly trained weights."""
     card = ModelCard(
@@ -399,6 +401,7 @@ def write_card(
         training_data=training_data,
         intended_use="Demonstration and testing only. NOT FOR CLINICAL USE: trained on synthetic phantoms.",
         metrics=metrics or {},
+        typer=typer,
     )
     return write_model_card(out_dir, card)
 

@@ -1,5 +1,5 @@
 """Reproduce the bundled demo model from scratch: phantom training studies, UNet_whole, hard-case
-mining, UNet_patch, held-out evaluation, model card. ``livernode train bundled`` runs it.
+mining, UNet_patch, the lesion typer, held-out evaluation, model card. ``livernode train bundled`` runs it.
 
 Everything is deterministic by seed up to GPU non-determinism. The recipe (counts, iterations) is
 recorded in the model card so the card says exactly how its weights were made.
@@ -18,11 +18,13 @@ from typing import Callable
 from pipeline.backends import CardBackend
 from pipeline.config import CascadeConfig
 from pipeline.inference import WholePredictor
+from pipeline.lesion_typer import TyperTraining
 from pipeline.model import (
     PATCH_NETWORK,
     WHOLE_NETWORK,
     NetworkSpec,
     Preprocessing,
+    TyperEntry,
     load_native_network,
     select_device,
     sha256_of,
@@ -32,6 +34,7 @@ from pipeline.types import LESION_LABELS, NUM_CLASSES
 from pipeline.phantom_evaluation import evaluate_on_phantoms
 from pipeline.train import TrainConfig, TrainResult, train_network, write_card
 from pipeline.train_patch import train_patch_network
+from pipeline.train_typer import fit_typer
 from pipeline.training_data import (
     TRAIN_SEED_BASE,
     VALIDATION_SEED_BASE,
@@ -86,6 +89,10 @@ class BundledRecipe:
     #: (pipeline.train_patch.patches_per_lesion_by_type; 1: as many as the common types)
     patch_type_balance: float = 1.0
     hard_case_studies: int = 20
+    #: the lesion typer (pipeline.lesion_typer): trained on the true lesions of this many
+    #: type-balanced studies (0: no typer; reclassification's UNet_patch vote gives the type)
+    typer_studies: int = 120
+    typer_iterations: int = 3000
     processes: int = 2
     loader_workers: int = 0
     device: str = "auto"
@@ -118,7 +125,7 @@ class BundledRecipe:
         """A recipe that runs in minutes on a CPU (smoke runs and tests; not the bundled weights)."""
         return replace(self, train_studies=3, validation_studies=0, held_out_studies=1, whole_iterations=4,
                        whole_finetune_iterations=2, whole_polish_iterations=2, typing_studies=4,
-                       whole_typing_iterations=2,
+                       whole_typing_iterations=2, typer_studies=4, typer_iterations=20,
                        whole_batch_size=1, patch_iterations=4, patch_batch_size=4, hard_case_studies=2,
                        processes=1, loader_workers=0)
 
@@ -251,8 +258,16 @@ def train_bundled(
         target = out_dir / result.weights_path.name
         if not target.exists() or not target.samefile(result.weights_path):
             shutil.copy2(result.weights_path, target)
+    typer = None
+    if recipe.typer_studies:
+        typer_specs = type_balanced_training_specs(recipe.typer_studies)
+        typer_cases = make_cases(typer_specs, prep, recipe.processes, say, cache_dir=cache_dir)
+        typer = fit_typer(out_dir, typer_cases, prep,
+                          f"true lesions of {len(typer_specs)} type-balanced synthetic phantoms (seeds "
+                          f"{typer_specs[0].seed}-{typer_specs[-1].seed}); NOT FOR CLINICAL USE",
+                          TyperTraining(iterations=recipe.typer_iterations), say)
     card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s,
-                       start_note)
+                       start_note, typer)
 
     evaluation_dir = work_dir / "held-out"
     backend = CardBackend(out_dir, device)
@@ -267,13 +282,15 @@ def train_bundled(
         "held_out_studies": recipe.held_out_studies,
     }
     shutil.copy2(evaluation.report_markdown, out_dir / "held_out_evaluation.md")
-    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s, metrics)
+    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s, metrics,
+                       typer)
     say(f"bundled model written to {out_dir} in {(time.perf_counter() - started) / 60:.1f} min")
     return card_path
 
 
 def _write(out_dir: Path, prep: Preprocessing, whole: TrainResult, patch: TrainResult, recipe: BundledRecipe,
-           train_specs, typing_specs, patch_count: int, generation_s: float, metrics: dict) -> Path:
+           train_specs, typing_specs, patch_count: int, generation_s: float, metrics: dict,
+           typer: TyperEntry | None) -> Path:
     seeds = sorted({spec.seed for spec in (*train_specs, *typing_specs)})
     if recipe.typing_studies:
         use = (f"the first {len(train_specs)} for UNet_whole's first stages, {len(typing_specs)} chosen so every "
@@ -291,4 +308,4 @@ def _write(out_dir: Path, prep: Preprocessing, whole: TrainResult, patch: TrainR
     metrics["training_seconds"] = {"generation": generation_s, "whole": whole.seconds, "patch": patch.seconds}
     whole_spec, patch_spec, _ = recipe.networks()
     return write_card(out_dir, prep, whole, patch, patch_spec, MODEL_NAME, recipe.version, training_data, metrics,
-                      whole_spec=whole_spec)
+                      whole_spec=whole_spec, typer=typer)

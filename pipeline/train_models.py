@@ -28,7 +28,13 @@ from pipeline.model import (
 )
 from pipeline.train import TrainConfig, TrainingCase, train_network
 from pipeline.train_patch import train_patch_network
-from pipeline.training_data import TRAIN_SEED_BASE, VALIDATION_SEED_BASE, make_cases, sample_case_spec
+from pipeline.training_data import (
+    TRAIN_SEED_BASE,
+    VALIDATION_SEED_BASE,
+    make_cases,
+    sample_case_spec,
+    type_balanced_training_specs,
+)
 from pipeline.training_dataset import load_cases, read_dataset, split_by_patient
 from pipeline.types import LESION_LABELS, Label
 
@@ -43,11 +49,15 @@ class TrainingSource:
     phantoms: int = 0
     validation_fraction: float = 0.1
     processes: int = 2
+    #: phantoms: seeds chosen so every primary lesion type is equally common
+    #: (pipeline.training_data.type_balanced_training_specs) instead of the first N seeds
+    type_balanced: bool = False
 
     def describe(self) -> str:
         if self.dataset is not None:
             return f"labelled dataset folder {self.dataset.name}"
-        return (f"{self.phantoms} synthetic phantoms (pipeline.phantom, seeds from {TRAIN_SEED_BASE}); "
+        kind = "type-balanced " if self.type_balanced else ""
+        return (f"{self.phantoms} {kind}synthetic phantoms (pipeline.phantom, seeds from {TRAIN_SEED_BASE}); "
                 "NOT FOR CLINICAL USE")
 
     def load(self, prep: Preprocessing, work_dir: Path, say: Callable[[str], None]) -> tuple[
@@ -63,8 +73,9 @@ class TrainingSource:
         validation_count = max(1, int(round(self.phantoms * self.validation_fraction))) \
             if self.validation_fraction > 0 else 0
         cache = work_dir / "cases"
-        train = make_cases([sample_case_spec(TRAIN_SEED_BASE + i) for i in range(self.phantoms)], prep,
-                           self.processes, say, cache_dir=cache)
+        specs = (type_balanced_training_specs(self.phantoms) if self.type_balanced
+                 else [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(self.phantoms)])
+        train = make_cases(specs, prep, self.processes, say, cache_dir=cache)
         validation = make_cases([sample_case_spec(VALIDATION_SEED_BASE + i) for i in range(validation_count)], prep,
                                 self.processes, say, cache_dir=cache)
         return train, validation

@@ -6,6 +6,8 @@ of 2 ml and more called malignant, false positives, and patient malignancy sensi
 
     .venv/bin/python docs/tools/cascade_variants.py pipeline/models/phantom-demo --studies 12 \\
         --variant paper: --variant small-only:reclassify_max_volume_ml=8
+    .venv/bin/python docs/tools/cascade_variants.py MODEL_WITH_TYPER --variant typer: \
+        --variant patch-vote:lesion_typing=false
 
 A variant is NAME:key=value,key=value with keys of the `cascade:` configuration section.
 """
@@ -42,7 +44,8 @@ def parse_variant(text: str) -> tuple[str, CascadeConfig]:
         key, _, value = item.partition("=")
         if key not in types:
             raise SystemExit(f"unknown cascade setting {key!r}")
-        changes[key] = type(getattr(CascadeConfig(), key))(value)
+        default = getattr(CascadeConfig(), key)
+        changes[key] = value.lower() in ("1", "true", "yes", "on") if isinstance(default, bool) else type(default)(value)
     return name, replace(CascadeConfig(), **changes)
 
 

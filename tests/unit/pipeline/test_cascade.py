@@ -120,3 +120,23 @@ def test_input_checks():
         run_cascade(probabilities[:, :4], hu, GEOMETRY, None, CONFIG)
     with pytest.raises(ValueError, match="HU volume"):
         run_cascade(probabilities, {Phase.VP: hu[Phase.VP][:4]}, GEOMETRY, None, CONFIG)
+
+
+def test_lesion_typer_types_the_kept_lesions_and_leaves_base_alone():
+    probabilities, hu = study()
+    model = hu_model({310.0: 4, 210.0: 3})  # both kept by reclassification
+    calls = []
+
+    def typer(features: np.ndarray) -> np.ndarray:
+        calls.append(features.shape)
+        out = np.zeros((len(features), 6), np.float32)
+        out[:, LesionType.CYST - 1] = 1.0
+        return out
+
+    result = run_cascade(probabilities, hu, GEOMETRY, model, CONFIG, lesion_typer=typer)
+    assert [l.lesion_type for l in result.base] == [LesionType.HEM]
+    assert [l.lesion_type for l in result.base_recls] == [LesionType.CYST]
+    assert [l.lesion_type for l in result.high_recls] == [LesionType.CYST, LesionType.CYST]
+    assert result.verdict.certain and result.verdict.patient_class is PatientClass.CYST
+    assert calls == [(1, 33), (2, 33)]
+    assert any(d.stage == "lesion typing" for d in result.decisions)

@@ -1,4 +1,4 @@
-"""Training: the phantom case cache, the labelled dataset folder, `livernode train whole|patch`
+"""Training: the phantom case cache, the labelled dataset folder, `livernode train whole|patch|typer`
 (with resume and fine-tuning), bfloat16 precision selection. Networks and grids are tiny so a run
 takes seconds; the bundled recipe itself is exercised by `livernode train bundled` (docs/models.md)."""
 
@@ -13,8 +13,9 @@ import torch
 
 from node.cli import main
 from pipeline.backends import CardBackend
-from pipeline.config import BackendConfig, ConfigError
+from pipeline.config import BackendConfig, CascadeConfig, ConfigError
 from pipeline.model import NetworkSpec, Preprocessing, read_model_card, select_device, use_bf16
+from pipeline.model_cascade import cascade_on_prediction
 from pipeline.phantom import make_phantom
 from pipeline.train import TrainConfig
 from pipeline.train_models import ModelShape, TrainingSource, train_patch_model, train_whole_model
@@ -148,6 +149,21 @@ def test_train_whole_then_patch_gives_a_loadable_model_and_resumes(tmp_path: Pat
     assert prediction.probabilities.shape[0] == NUM_CLASSES
     np.testing.assert_allclose(prediction.probabilities.astype(np.float32).sum(axis=0), 1.0, atol=2e-2)
     assert backend.patch_model((Phase.VP,)) is not None
+    assert backend.lesion_typer() is None
+
+    # the lesion typer, added by the CLI, is loaded and used by the cascade
+    assert main(["train", "typer", "--model", str(model_dir), "--data", str(dataset_folder),
+                 "--validation-fraction", "0", "--iterations", "30", "--work", str(work)]) == 0
+    card = read_model_card(model_dir)
+    assert card.typer is not None and card.patch is not None  # UNet_patch kept
+    assert card.typer.training["iterations"] == 30 and sum(card.typer.training["rows_by_type"].values()) > 0
+    backend = CardBackend(model_dir, select_device("cpu"))
+    assert backend.lesion_typer() is not None
+    result = cascade_on_prediction(backend.predict(volumes.hu, volumes.geometry), backend, CascadeConfig())
+    assert any(d.stage == "lesion typing" for d in result.decisions)
+    result = cascade_on_prediction(backend.predict(volumes.hu, volumes.geometry), backend,
+                                   CascadeConfig(lesion_typing=False))
+    assert not any(d.stage == "lesion typing" for d in result.decisions)
 
 
 def test_fine_tuning_starts_from_the_given_model(tmp_path: Path, dataset_folder: Path) -> None:
@@ -175,6 +191,10 @@ def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None
     assert "no dataset.json" in capsys.readouterr().err
     assert main(["train", "patch", "--phantoms", "2", "--model", str(tmp_path)]) == 1
     assert "no model_card.json" in capsys.readouterr().err
+    assert main(["train", "typer", "--phantoms", "2"]) == 1
+    assert "--model MODEL_FOLDER is required" in capsys.readouterr().err
+    assert main(["train", "typer", "--data", str(tmp_path), "--type-balanced", "--model", str(tmp_path)]) == 1
+    assert "does not apply to --data" in capsys.readouterr().err
 
 
 def test_precision_selection() -> None:

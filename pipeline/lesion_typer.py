@@ -1,0 +1,203 @@
+"""The lesion typer: a small network that types a lesion from its enhancement features
+(:mod:`pipeline.lesion_features`), trained with random phase dropout so one model serves every
+phase combination.
+
+It complements UNet_patch: reclassification still decides which lesions are kept (the paper's
+overlap score); the typer gives the kept lesions their type (see docs/models.md, "Lesion typer").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.lesion_features import feature_count, feature_names, lesion_features, without_phases
+from pipeline.model import ModelLoadError, sha256_of
+from pipeline.types import LESION_LABELS, Label, Lesion, LesionType, Phase, VolumeGeometry
+
+#: (N, F) feature vectors -> (N, 6) probabilities of the lesion types (``LESION_LABELS`` order).
+LesionTyper = Callable[[np.ndarray], np.ndarray]
+
+#: Phase combinations drawn while training (weights), as for UNet_whole's phase dropout.
+TYPER_PHASE_COMBINATIONS: tuple[tuple[tuple[Phase, ...], float], ...] = (
+    ((Phase.NC, Phase.AP, Phase.VP, Phase.DP), 0.3),
+    ((Phase.NC, Phase.AP, Phase.VP), 0.15),
+    ((Phase.AP, Phase.VP), 0.15),
+    ((Phase.AP, Phase.VP, Phase.DP), 0.1),
+    ((Phase.VP,), 0.2),
+    ((Phase.NC, Phase.VP), 0.1),
+)
+
+
+@dataclass(frozen=True)
+class TyperSpec:
+    """Hyper-parameters of the typer network; enough to rebuild it before loading weights."""
+
+    in_features: int
+    hidden: tuple[int, ...] = (64, 64)
+    classes: int = len(LESION_LABELS)
+
+    def build(self) -> torch.nn.Module:
+        """A fresh network: fully connected layers with ReLU and dropout, logits out."""
+        layers: list[torch.nn.Module] = []
+        width = self.in_features
+        for size in self.hidden:
+            layers += [torch.nn.Linear(width, size), torch.nn.ReLU(), torch.nn.Dropout(0.1)]
+            width = size
+        layers.append(torch.nn.Linear(width, self.classes))
+        return torch.nn.Sequential(*layers)
+
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as the model card stores it, with the feature names it was trained on."""
+        return {"in_features": self.in_features, "hidden": list(self.hidden), "classes": self.classes,
+                "features": list(feature_names())}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TyperSpec":
+        return cls(in_features=int(data["in_features"]), hidden=tuple(int(v) for v in data["hidden"]),
+                   classes=int(data["classes"]))
+
+
+def default_typer_spec() -> TyperSpec:
+    """The typer for the current feature layout."""
+    return TyperSpec(in_features=feature_count())
+
+
+@dataclass(frozen=True)
+class TyperTraining:
+    """Settings of one typer training run."""
+
+    iterations: int = 3000
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+def _subset_sampler(rng: np.random.Generator) -> Callable[[], tuple[Phase, ...]]:
+    combos = [c for c, _ in TYPER_PHASE_COMBINATIONS]
+    weights = np.array([w for _, w in TYPER_PHASE_COMBINATIONS])
+    weights = weights / weights.sum()
+    return lambda: combos[int(rng.choice(len(combos), p=weights))]
+
+
+def train_typer(
+    features: np.ndarray,
+    labels: np.ndarray,
+    spec: TyperSpec,
+    settings: TyperTraining = TyperTraining(),
+    progress: Callable[[str], None] | None = None,
+) -> torch.nn.Module:
+    """Train a typer on feature vectors of lesions seen in all phases (N, F) and their lesion
+    labels (N,) in 1-6. Batches are class-balanced; each row gets a random phase subset."""
+    features = np.asarray(features, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    if features.ndim != 2 or features.shape[1] != spec.in_features or len(features) != len(labels):
+        raise ValueError(f"features {features.shape} and labels {labels.shape} do not fit {spec}")
+    classes = np.unique(labels)
+    if not set(classes.tolist()) <= set(LESION_LABELS):
+        raise ValueError(f"labels must be lesion labels {LESION_LABELS}, got {classes.tolist()}")
+    rng = np.random.default_rng(settings.seed)
+    torch.manual_seed(settings.seed)
+    draw_subset = _subset_sampler(rng)
+    by_class = {int(c): np.flatnonzero(labels == c) for c in classes}
+    network = spec.build()
+    optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate,
+                                  weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, settings.learning_rate, total_steps=settings.iterations)
+    network.train()
+    for step in range(settings.iterations):
+        chosen = np.concatenate([
+            rng.choice(rows, size=max(1, settings.batch_size // len(by_class))) for rows in by_class.values()
+        ])
+        batch = np.stack([without_phases(features[i], draw_subset()) for i in chosen])
+        target = torch.from_numpy(labels[chosen] - LESION_LABELS[0])
+        loss = torch.nn.functional.cross_entropy(network(torch.from_numpy(batch)), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if progress is not None and (step + 1) % 500 == 0:
+            progress(f"typer: step {step + 1}/{settings.iterations}, loss {float(loss):.3f}")
+    network.eval()
+    return network
+
+
+def type_probabilities(network: torch.nn.Module, features: np.ndarray) -> np.ndarray:
+    """(N, 6) probabilities of the lesion types (columns in ``LESION_LABELS`` order)."""
+    batch = torch.from_numpy(np.atleast_2d(np.asarray(features, dtype=np.float32)))
+    with torch.no_grad():
+        return torch.softmax(network(batch), dim=1).numpy()
+
+
+def typer_callable(network: torch.nn.Module) -> LesionTyper:
+    """The network as a :data:`LesionTyper`."""
+    return lambda features: type_probabilities(network, features)
+
+
+def lesions_features(
+    lesions: Sequence[Lesion], hu_by_phase: Mapping[Phase, np.ndarray], labels: np.ndarray, geometry: VolumeGeometry
+) -> np.ndarray:
+    """(N, F) feature vectors of `lesions` found in the label map `labels` (liver = label 7)."""
+    liver = labels == int(Label.LIVER)
+    any_lesion = np.isin(labels, LESION_LABELS)
+    rows = [lesion_features(hu_by_phase, lesion.full_mask(labels.shape), liver, geometry.spacing_mm, any_lesion)
+            for lesion in lesions]
+    return np.stack(rows) if rows else np.zeros((0, feature_count()), dtype=np.float32)
+
+
+def retype_lesions(
+    lesions: Sequence[Lesion],
+    hu_by_phase: Mapping[Phase, np.ndarray],
+    labels: np.ndarray,
+    geometry: VolumeGeometry,
+    typer: LesionTyper,
+) -> list[Lesion]:
+    """`lesions` with the type the typer gives them (most probable type)."""
+    if not lesions:
+        return []
+    probabilities = np.asarray(typer(lesions_features(lesions, hu_by_phase, labels, geometry)))
+    if probabilities.shape != (len(lesions), len(LESION_LABELS)):
+        raise ValueError(f"lesion typer returned shape {probabilities.shape}, expected {(len(lesions), len(LESION_LABELS))}")
+    return [dataclasses.replace(lesion, lesion_type=LesionType(LESION_LABELS[int(np.argmax(row))]))
+            for lesion, row in zip(lesions, probabilities)]
+
+
+def save_typer(network: torch.nn.Module, path: Path) -> str:
+    """Save the typer's state dict (float32: it is a few tens of kB); return its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, path)
+    return sha256_of(path)
+
+
+def load_typer(path: Path, spec_json: dict[str, Any]) -> torch.nn.Module:
+    """Build the typer the card describes and load its weights; a feature layout other than this
+    livernode's, or weights that do not fit, raise ModelLoadError naming the file."""
+    try:
+        spec = TyperSpec.from_json(spec_json)
+        trained_on = tuple(str(v) for v in spec_json["features"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelLoadError(f"{path}: the model card's typer spec is invalid ({error})") from None
+    if trained_on != feature_names():
+        raise ModelLoadError(
+            f"{path}: the typer was trained on {len(trained_on)} features that differ from the "
+            f"{feature_count()} this livernode computes (pipeline/lesion_features.py); retrain it"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt file
+        raise ModelLoadError(f"{path}: not a readable PyTorch weights file ({type(error).__name__}: {error})") from None
+    network = spec.build()
+    try:
+        network.load_state_dict(state, strict=True)
+    except (RuntimeError, AttributeError, TypeError) as error:
+        raise ModelLoadError(f"{path}: weights do not fit the typer in the model card "
+                             f"(hidden {list(spec.hidden)}): {str(error).splitlines()[0]}") from None
+    return network.float().eval()
