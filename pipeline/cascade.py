@@ -7,7 +7,9 @@ the HU volumes per phase on the same grid, the grid's geometry, an optional patc
 1. label maps at every sensitivity factor plus LiverMax, in one slab-wise pass (no second inference);
 2. seg2det on the base (first factor) and high (last factor) maps;
 3. reclassification of both lesion sets with the patch model (skipped, and recorded as a decision,
-   when there is none: then the "ReCls" sets equal the raw ones);
+   when there is none: then the "ReCls" sets equal the raw ones); then, with a lesion typer, the
+   kept lesions are judged on their enhancement features: "not a lesion" drops them from the base
+   set (at the base sensitivity), a type retypes them in both sets;
 4. patient classes (Base, Base+ReCls, High+ReCls) and the joint verdict of Base+ReCls and
    High+ReCls;
 5. the reported lesions: High+ReCls, each *certain* when it overlaps a Base+ReCls lesion, else
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,7 +171,8 @@ def run_cascade(
     ``patch_channels`` are the (Z, Y, X) image channels the patch model expects; by default the HU
     volumes of the phases present in the canonical order NC, AP, VP, DP. Voxels outside the liver
     of each patch are set to ``patch_fill_value``. With a ``lesion_typer`` the lesions kept by
-    reclassification take the type it gives them (:mod:`pipeline.lesion_typer`).
+    reclassification are judged again (:mod:`pipeline.lesion_typer`): those it calls "not a lesion"
+    are dropped, the others take the type it gives them.
     """
     _check_inputs(probabilities, hu_by_phase, geometry)
     timings: dict[str, float] = {}
@@ -218,10 +222,19 @@ def run_cascade(
                          f"{config.inference_patches_per_lesion} patches; > {config.reclassify_max_volume_ml} ml skip")
             )  # fmt: skip
     if lesion_typer is not None:
-        base_recls = retype_lesions(base_recls, hu, base_labels, geometry, lesion_typer)
-        high_recls = retype_lesions(high_recls, hu, high_labels, geometry, lesion_typer)
-        decisions.append(Decision("lesion typing", "study", f"{len(base_recls)} base, {len(high_recls)} high",
-                                  "types of the kept lesions from their enhancement features (lesion typer)"))
+        # The high-sensitivity set must not miss: there the typer only types (an infinite
+        # sensitivity never drops); what it drops at base sensitivity alone makes the joint
+        # verdict uncertain instead of silently normal.
+        for name, lesions, labels, factor in (("base", base_recls, base_labels, base_f),
+                                              ("high", high_recls, high_labels, math.inf)):
+            typed = retype_lesions(lesions, hu, labels, geometry, lesion_typer, sensitivity=factor)
+            if name == "base":
+                base_recls = typed.kept
+            else:
+                high_recls = typed.kept
+            decisions.append(Decision("lesion typing", f"{name} sensitivity",
+                                      f"typed {len(typed.kept)}, dropped {len(typed.dropped)} as not a lesion",
+                                      "lesion typer on enhancement features (docs/models.md)"))
     timings["reclassify_s"] = time.perf_counter() - t0
 
     match = match_sensitivities(base_recls, high_recls)

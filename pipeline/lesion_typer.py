@@ -1,9 +1,11 @@
-"""The lesion typer: a small network that types a lesion from its enhancement features
-(:mod:`pipeline.lesion_features`), trained with random phase dropout so one model serves every
-phase combination.
+"""The lesion typer: a small network that judges a detected lesion from its enhancement features
+(:mod:`pipeline.lesion_features`): "not a lesion" (class 0: UNet_whole's false positives, such as
+focal fat or perfusion anomalies) or one of the six lesion types (classes 1-6, the lesion labels).
+Trained with random phase dropout so one model serves every phase combination.
 
-It complements UNet_patch: reclassification still decides which lesions are kept (the paper's
-overlap score); the typer gives the kept lesions their type (see docs/models.md, "Lesion typer").
+It follows UNet_patch in the cascade: reclassification keeps or drops lesions by the paper's
+overlap score; the typer then drops those it calls "not a lesion" and gives the others their
+type (docs/models.md, "Lesion typer").
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from pipeline.lesion_features import feature_count, feature_names, lesion_featur
 from pipeline.model import ModelLoadError, sha256_of
 from pipeline.types import LESION_LABELS, Label, Lesion, LesionType, Phase, VolumeGeometry
 
-#: (N, F) feature vectors -> (N, 6) probabilities of the lesion types (``LESION_LABELS`` order).
+#: (N, F) feature vectors -> (N, 7) probabilities: column 0 "not a lesion", columns 1-6 the lesion
+#: types in label order.
 LesionTyper = Callable[[np.ndarray], np.ndarray]
+#: The typer's class for a detection that is not a lesion.
+NOT_A_LESION = 0
+TYPER_CLASSES = 1 + len(LESION_LABELS)
 
 #: Phase combinations drawn while training (weights), as for UNet_whole's phase dropout.
 TYPER_PHASE_COMBINATIONS: tuple[tuple[tuple[Phase, ...], float], ...] = (
@@ -41,7 +47,7 @@ class TyperSpec:
 
     in_features: int
     hidden: tuple[int, ...] = (64, 64)
-    classes: int = len(LESION_LABELS)
+    classes: int = TYPER_CLASSES
 
     def build(self) -> torch.nn.Module:
         """A fresh network: fully connected layers with ReLU and dropout, logits out."""
@@ -95,15 +101,15 @@ def train_typer(
     settings: TyperTraining = TyperTraining(),
     progress: Callable[[str], None] | None = None,
 ) -> torch.nn.Module:
-    """Train a typer on feature vectors of lesions seen in all phases (N, F) and their lesion
-    labels (N,) in 1-6. Batches are class-balanced; each row gets a random phase subset."""
+    """Train a typer on feature vectors (N, F) and their classes (N,): 0 not a lesion, 1-6 the
+    lesion labels. Batches are class-balanced; each row gets a random phase subset."""
     features = np.asarray(features, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     if features.ndim != 2 or features.shape[1] != spec.in_features or len(features) != len(labels):
         raise ValueError(f"features {features.shape} and labels {labels.shape} do not fit {spec}")
     classes = np.unique(labels)
-    if not set(classes.tolist()) <= set(LESION_LABELS):
-        raise ValueError(f"labels must be lesion labels {LESION_LABELS}, got {classes.tolist()}")
+    if not set(classes.tolist()) <= set(range(spec.classes)):
+        raise ValueError(f"labels must be 0 (not a lesion) or lesion labels {LESION_LABELS}, got {classes.tolist()}")
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     draw_subset = _subset_sampler(rng)
@@ -118,20 +124,20 @@ def train_typer(
             rng.choice(rows, size=max(1, settings.batch_size // len(by_class))) for rows in by_class.values()
         ])
         batch = np.stack([without_phases(features[i], draw_subset()) for i in chosen])
-        target = torch.from_numpy(labels[chosen] - LESION_LABELS[0])
+        target = torch.from_numpy(labels[chosen])
         loss = torch.nn.functional.cross_entropy(network(torch.from_numpy(batch)), target)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         schedule.step()
         if progress is not None and (step + 1) % 500 == 0:
-            progress(f"typer: step {step + 1}/{settings.iterations}, loss {float(loss):.3f}")
+            progress(f"typer: step {step + 1}/{settings.iterations}, loss {loss.item():.3f}")
     network.eval()
     return network
 
 
 def type_probabilities(network: torch.nn.Module, features: np.ndarray) -> np.ndarray:
-    """(N, 6) probabilities of the lesion types (columns in ``LESION_LABELS`` order)."""
+    """(N, 7) probabilities: "not a lesion", then the lesion types in label order."""
     batch = torch.from_numpy(np.atleast_2d(np.asarray(features, dtype=np.float32)))
     with torch.no_grad():
         return torch.softmax(network(batch), dim=1).numpy()
@@ -153,21 +159,43 @@ def lesions_features(
     return np.stack(rows) if rows else np.zeros((0, feature_count()), dtype=np.float32)
 
 
+@dataclass
+class TypingResult:
+    """Lesions the typer kept (with its type) and those it called "not a lesion"."""
+
+    kept: list[Lesion]
+    dropped: list[Lesion]
+
+
 def retype_lesions(
     lesions: Sequence[Lesion],
     hu_by_phase: Mapping[Phase, np.ndarray],
     labels: np.ndarray,
     geometry: VolumeGeometry,
     typer: LesionTyper,
-) -> list[Lesion]:
-    """`lesions` with the type the typer gives them (most probable type)."""
+    sensitivity: float = 1.0,
+) -> TypingResult:
+    """Judge `lesions` with the typer, at a lesion sensitivity as the cascade's label maps are
+    made (paper eq. 3): the lesion types' probabilities are scaled by `sensitivity` against
+    "not a lesion" and the largest wins. "Not a lesion" drops the lesion; otherwise it takes the
+    most probable type. At sensitivity 4 a lesion is dropped only when the typer gives "not a
+    lesion" more than 4 times the probability of its likeliest type (0.8 against 0.2);
+    ``math.inf`` never drops."""
+    if sensitivity <= 0:
+        raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
     if not lesions:
-        return []
+        return TypingResult([], [])
     probabilities = np.asarray(typer(lesions_features(lesions, hu_by_phase, labels, geometry)))
-    if probabilities.shape != (len(lesions), len(LESION_LABELS)):
-        raise ValueError(f"lesion typer returned shape {probabilities.shape}, expected {(len(lesions), len(LESION_LABELS))}")
-    return [dataclasses.replace(lesion, lesion_type=LesionType(LESION_LABELS[int(np.argmax(row))]))
-            for lesion, row in zip(lesions, probabilities)]
+    if probabilities.shape != (len(lesions), TYPER_CLASSES):
+        raise ValueError(f"lesion typer returned shape {probabilities.shape}, expected {(len(lesions), TYPER_CLASSES)}")
+    result = TypingResult([], [])
+    for lesion, row in zip(lesions, probabilities):
+        best_type = int(np.argmax(row[1:])) + 1
+        if row[NOT_A_LESION] > sensitivity * row[best_type]:
+            result.dropped.append(lesion)
+        else:
+            result.kept.append(dataclasses.replace(lesion, lesion_type=LesionType(best_type)))
+    return result
 
 
 def save_typer(network: torch.nn.Module, path: Path) -> str:

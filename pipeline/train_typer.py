@@ -1,9 +1,14 @@
-"""``livernode train typer``: train the lesion typer (:mod:`pipeline.lesion_typer`) on the true
-lesions of labelled studies and add it to a model folder's card.
+"""``livernode train typer``: train the lesion typer (:mod:`pipeline.lesion_typer`) on labelled
+studies and add it to a model folder's card.
 
-Each true lesion of at least ``min_volume_ml`` gives three training rows: its mask as labelled,
-dilated by one voxel into the liver and eroded by one voxel (when something is left), because at
-inference the typer sees UNet_whole's outline of the lesion, not the truth.
+* Lesion rows: each true lesion of at least ``min_volume_ml`` gives three rows, its mask as
+  labelled, dilated by one voxel into the liver and eroded by one voxel (when something is left),
+  because at inference the typer sees UNet_whole's outline of the lesion, not the truth.
+* "Not a lesion" rows: the model's own false positives. UNet_whole runs on every training study
+  with a phase subset drawn as at training (so the look-alikes of a venous-only study are seen
+  too), at the base and the high sensitivity; detections (after the liver region step) that touch
+  no true lesion become rows of class 0, with UNet_whole's own liver and lesion maps, exactly as
+  the cascade computes features at inference.
 """
 
 from __future__ import annotations
@@ -17,11 +22,34 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pipeline.lesion_features import lesion_features
-from pipeline.lesion_typer import TyperTraining, default_typer_spec, save_typer, train_typer
-from pipeline.model import Preprocessing, TyperEntry, read_model_card, write_model_card
+from pipeline.inference import WholePredictor
+from pipeline.lesion_features import feature_count, lesion_features
+from pipeline.lesion_typer import (
+    NOT_A_LESION,
+    TYPER_PHASE_COMBINATIONS,
+    TyperTraining,
+    default_typer_spec,
+    lesions_features,
+    save_typer,
+    train_typer,
+)
+from pipeline.liver_region import keep_largest_liver_region
+from pipeline.matching import overlap_pairs
+from pipeline.model import (
+    WHOLE_NETWORK,
+    Preprocessing,
+    TyperEntry,
+    load_native_network,
+    load_torchscript_network,
+    read_model_card,
+    select_device,
+    use_bf16,
+    verified_weights_path,
+    write_model_card,
+)
 from pipeline.seg2det import seg2det
-from pipeline.train import TrainingCase
+from pipeline.sensitivity import scaled_argmax
+from pipeline.train import TrainingCase, case_model_input
 from pipeline.types import LESION_LABELS, Label, LesionType, Phase
 
 log = logging.getLogger(__name__)
@@ -63,6 +91,38 @@ def typer_rows(
     return np.stack(features), np.asarray(labels, dtype=np.int64)
 
 
+def false_positive_rows(
+    cases: Sequence[TrainingCase],
+    prep: Preprocessing,
+    predictor: WholePredictor,
+    factors: tuple[float, ...] = (1.0, 4.0),
+    min_volume_ml: float = 0.5,
+    progress: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """Feature vectors (N, F) of UNet_whole's detections that touch no true lesion (see the
+    module docstring); study i is predicted with the i-th phase subset of a fixed cycle."""
+    say = progress or log.info
+    combos = [combo for combo, _ in TYPER_PHASE_COMBINATIONS]
+    rows: list[np.ndarray] = []
+    for index, case in enumerate(cases):
+        subset = tuple(p for p in combos[index % len(combos)] if p in case.present) or case.present
+        seen = replace(case, present=subset)
+        model_input = case_model_input(seen, prep)
+        maps = scaled_argmax(predictor.predict(model_input), factors, compute_livermax=False).label_maps
+        truth = seg2det(case.labels, case.geometry)
+        for factor in factors:
+            labels = keep_largest_liver_region(maps[factor])
+            detected = seg2det(labels, case.geometry, min_volume_ml=min_volume_ml)
+            hit = {pair.second_id for pair in overlap_pairs(truth, detected)}
+            false_positives = [lesion for lesion in detected if lesion.lesion_id not in hit]
+            if false_positives:
+                rows.append(lesions_features(false_positives, model_input.hu, labels, case.geometry))
+        if (index + 1) % 20 == 0 or index + 1 == len(cases):
+            say(f"typer: false positives of UNet_whole in {index + 1}/{len(cases)} studies: "
+                f"{sum(len(r) for r in rows)}")
+    return np.concatenate(rows) if rows else np.zeros((0, feature_count()), dtype=np.float32)
+
+
 def fit_typer(
     model_dir: Path,
     cases: Sequence[TrainingCase],
@@ -70,15 +130,22 @@ def fit_typer(
     describe: str,
     settings: TyperTraining = TyperTraining(),
     progress: Callable[[str], None] | None = None,
+    predictor: WholePredictor | None = None,
 ) -> TyperEntry:
-    """Train the typer on `cases` (described as `describe`), write its weights into `model_dir` and
-    return the model card entry for them."""
+    """Train the typer on `cases` (described as `describe`), with "not a lesion" rows mined by
+    `predictor` (UNet_whole) when given, write its weights into `model_dir` and return the model
+    card entry for them."""
     say = progress or log.info
     features, labels = typer_rows(cases, prep)
     counts = Counter(LesionType(int(v)).name for v in labels)
     missing = [t.name for t in LesionType if t.name not in counts]
     if missing:
         say(f"typer: no training lesion of type {', '.join(missing)}; it will never give those types")
+    if predictor is not None:
+        negatives = false_positive_rows(cases, prep, predictor, progress=say)
+        features = np.concatenate([features, negatives])
+        labels = np.concatenate([labels, np.full(len(negatives), NOT_A_LESION, dtype=np.int64)])
+        counts["not a lesion"] = len(negatives)
     say(f"typer: {len(labels)} training rows from {len(cases)} studies ({dict(counts)})")
     spec = default_typer_spec()
     network = train_typer(features, labels, spec, settings, progress=say)
@@ -88,17 +155,28 @@ def fit_typer(
                                 "rows_by_type": dict(counts)})
 
 
+def model_predictor(model_dir: Path, device: str = "auto") -> WholePredictor:
+    """UNet_whole of a model folder (native or TorchScript) as a predictor for mining."""
+    card = read_model_card(model_dir)
+    torch_device = select_device(device)
+    path = verified_weights_path(model_dir, card.whole)
+    network = (load_torchscript_network(path, torch_device) if card.format == "torchscript"
+               else load_native_network(path, card.whole.network or WHOLE_NETWORK, torch_device))
+    return WholePredictor(network, card.preprocessing, torch_device, bf16=use_bf16(torch_device))
+
+
 def train_typer_model(
     model_dir: Path,
     cases: Sequence[TrainingCase],
     describe: str,
     settings: TyperTraining = TyperTraining(),
     progress: Callable[[str], None] | None = None,
+    predictor: WholePredictor | None = None,
 ) -> Path:
-    """Train the typer on `cases` and add it to the model folder's card (replacing one it had).
-    Returns the model card path."""
+    """Train the typer on `cases` (with "not a lesion" rows mined by `predictor` when given) and
+    add it to the model folder's card (replacing one it had). Returns the model card path."""
     card = read_model_card(model_dir)
-    entry = fit_typer(model_dir, cases, card.preprocessing, describe, settings, progress)
+    entry = fit_typer(model_dir, cases, card.preprocessing, describe, settings, progress, predictor)
     path = write_model_card(model_dir, replace(card, typer=entry))
     (progress or log.info)(f"lesion typer added to {model_dir}")
     return path

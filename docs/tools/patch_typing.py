@@ -1,20 +1,21 @@
 """How well the networks type lesions: reclassification (pipeline.reclassify) run on the true
 lesions (>= 0.5 ml) of validation phantoms (seeds 20100+, the studies of cascade_variants.py; never
 the held-out 30000+ set), so typing is judged apart from detection; optionally UNet_whole's own
-type for the same lesions (the lesion class with the most probability inside the true mask).
+type for the same lesions (the lesion class with the most probability inside the true mask) and
+the type a model folder's lesion typer gives them (pipeline.lesion_typer).
 
 Either scores existing weights, or first trains the bundled recipe's UNet_patch (without hard-case
 mining) on cached training studies, with rare types given more patches (--type-balance) and
 optionally on the type-balanced training studies (--balanced):
 
     .venv/bin/python docs/tools/patch_typing.py --weights pipeline/models/phantom-demo/unet_patch.pt \\
-        --whole-model pipeline/models/phantom-demo --studies 48
+        --whole-model pipeline/models/phantom-demo --typer-model pipeline/models/phantom-demo --studies 48
     .venv/bin/python docs/tools/patch_typing.py --iterations 1500 --type-balance 1 --studies 48
     .venv/bin/python docs/tools/patch_typing.py --iterations 1500 --type-balance 4 --studies 48
 
 Prints type confusions (rows truth, columns the type given, "drop" = UNet_patch scores it under
-the keep threshold, or UNet_whole labels under 10% of it as lesion), the share typed right, and the
-share with the right malignant/benign call.
+the keep threshold, UNet_whole labels under 10% of it as lesion, or the typer calls it "not a
+lesion"), the share typed right, and the share with the right malignant/benign call.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from pipeline.backends import CardBackend
 from pipeline.config import CascadeConfig
 from pipeline.inference import make_patch_model
+from pipeline.lesion_typer import retype_lesions
 from pipeline.model import load_native_network, select_device, use_bf16
 from pipeline.reclassify import reclassify
 from pipeline.seg2det import seg2det
@@ -37,6 +39,7 @@ from pipeline.shuffle import PatchSource
 from pipeline.train import TrainConfig, TrainingCase, case_model_input
 from pipeline.train_bundled import BundledRecipe
 from pipeline.train_patch import patch_channels, patch_settings, train_patch_network
+from pipeline.train_typer import case_hu
 from pipeline.training_data import (
     TRAIN_SEED_BASE,
     make_cases,
@@ -81,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="score these UNet_patch weights instead of training")
     parser.add_argument("--whole-model", type=Path, help="also score this model folder's UNet_whole")
+    parser.add_argument("--typer-model", type=Path, help="also score this model folder's lesion typer")
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--type-balance", type=float, default=1.0)
     parser.add_argument("--train-studies", type=int, default=60)
@@ -111,9 +115,13 @@ def main() -> None:
         print(f"trained on {count} patches in {time.perf_counter() - started:.0f} s")
     network = load_native_network(weights, spec, device)
     backend = CardBackend(args.whole_model, device) if args.whole_model else None
+    typer = CardBackend(args.typer_model, device).lesion_typer() if args.typer_model else None
+    if args.typer_model and typer is None:
+        raise SystemExit(f"{args.typer_model}: the model card has no lesion typer")
     cases = make_cases(tuning_specs(args.studies), prep, 2, print, cache_dir=args.cache)
     patch_confusion: Confusion = {t: Counter() for t in LesionType}
     whole_confusion: Confusion = {t: Counter() for t in LesionType}
+    typer_confusion: Confusion = {t: Counter() for t in LesionType}
     settings = patch_settings(cascade, prep)
     for case in cases:
         truth = [lesion for lesion in seg2det(case.labels, case.geometry) if lesion.volume_ml >= 0.5]
@@ -128,9 +136,16 @@ def main() -> None:
             patch_confusion[item.original_type][item.new_type.name if item.kept else "drop"] += 1
         if backend is not None:
             whole_types(backend, case, truth, whole_confusion)
+        if typer is not None:
+            typed = retype_lesions(truth, case_hu(case, prep), case.labels, case.geometry, typer)
+            given = {lesion.lesion_id: lesion.lesion_type.name for lesion in typed.kept}
+            for lesion in truth:
+                typer_confusion[lesion.lesion_type][given.get(lesion.lesion_id, "drop")] += 1
     print_confusion(f"UNet_patch {weights}:", patch_confusion)
     if backend is not None:
         print_confusion(f"UNet_whole of {args.whole_model}:", whole_confusion)
+    if typer is not None:
+        print_confusion(f"lesion typer of {args.typer_model}:", typer_confusion)
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

@@ -8,6 +8,7 @@ import pytest
 from pipeline.cascade import run_cascade, save_evaluation_npz
 from pipeline.config import CascadeConfig
 from pipeline.evaluate import evaluate_folders, load_prediction
+from pipeline.lesion_features import feature_names
 from pipeline.types import LesionType, ModelIdentity, PatientClass, Phase, VolumeGeometry
 
 # 5 mm voxels: 0.125 ml each
@@ -129,8 +130,8 @@ def test_lesion_typer_types_the_kept_lesions_and_leaves_base_alone():
 
     def typer(features: np.ndarray) -> np.ndarray:
         calls.append(features.shape)
-        out = np.zeros((len(features), 6), np.float32)
-        out[:, LesionType.CYST - 1] = 1.0
+        out = np.zeros((len(features), 7), np.float32)
+        out[:, LesionType.CYST] = 1.0
         return out
 
     result = run_cascade(probabilities, hu, GEOMETRY, model, CONFIG, lesion_typer=typer)
@@ -139,4 +140,22 @@ def test_lesion_typer_types_the_kept_lesions_and_leaves_base_alone():
     assert [l.lesion_type for l in result.high_recls] == [LesionType.CYST, LesionType.CYST]
     assert result.verdict.certain and result.verdict.patient_class is PatientClass.CYST
     assert calls == [(1, 33), (2, 33)]
-    assert any(d.stage == "lesion typing" for d in result.decisions)
+    assert [d.outcome for d in result.decisions if d.stage == "lesion typing"] == [
+        "typed 1, dropped 0 as not a lesion", "typed 2, dropped 0 as not a lesion"]
+
+
+def test_lesion_typer_drops_what_it_calls_not_a_lesion():
+    probabilities, hu = study()
+
+    def typer(features: np.ndarray) -> np.ndarray:  # the weak site (VP 200 HU) is not a lesion
+        vp_mean_hu = features[:, feature_names().index("VP_absolute")] * 100.0
+        out = np.zeros((len(features), 7), np.float32)
+        out[vp_mean_hu < 250.0, 0] = 1.0
+        out[vp_mean_hu >= 250.0, LesionType.HEM] = 1.0
+        return out
+
+    result = run_cascade(probabilities, hu, GEOMETRY, None, CONFIG, lesion_typer=typer)
+    assert [l.lesion_type for l in result.high] == [LesionType.HEM, LesionType.META]
+    assert [l.lesion_type for l in result.high_recls] == [LesionType.HEM]
+    assert result.verdict.certain and result.verdict.patient_class is PatientClass.HEM
+    assert "typed 1, dropped 1 as not a lesion" in [d.outcome for d in result.decisions]

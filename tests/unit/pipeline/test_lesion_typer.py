@@ -79,10 +79,11 @@ def test_without_phases_blanks_the_phases_not_acquired() -> None:
 
 
 def separable_rows(rng: np.random.Generator, per_type: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """Feature rows whose type shows in the VP mean (VP is in every training phase subset)."""
+    """Feature rows whose class (0 not a lesion, 1-6 types) shows in the VP mean (VP is in every
+    training phase subset)."""
     column = feature_names().index("VP_mean")
     rows, labels = [], []
-    for label in range(1, 7):
+    for label in range(0, 7):
         block = rng.normal(0.0, 0.1, size=(per_type, feature_count())).astype(np.float32)
         block[:, column] = label - 3.5
         block[:, -4:] = 1.0
@@ -96,15 +97,17 @@ def test_typer_learns_types_and_works_with_vp_alone() -> None:
     network = train_typer(features, labels, default_typer_spec(), TyperTraining(iterations=300))
     test, truth = separable_rows(np.random.default_rng(1), per_type=10)
     probabilities = type_probabilities(network, without_phases(test, (Phase.VP,)))
-    assert probabilities.shape == (60, 6)
+    assert probabilities.shape == (70, 7)
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    assert (probabilities.argmax(axis=1) + 1 == truth).mean() >= 0.9
+    assert (probabilities.argmax(axis=1) == truth).mean() >= 0.9
 
 
 def test_typer_refuses_labels_that_are_not_lesion_types() -> None:
     features, labels = separable_rows(np.random.default_rng(0), per_type=2)
     with pytest.raises(ValueError, match="lesion labels"):
         train_typer(features, np.where(labels == 6, 7, labels), default_typer_spec(), TyperTraining(iterations=1))
+    only_lesions = labels > 0  # a typer without "not a lesion" rows trains too
+    train_typer(features[only_lesions], labels[only_lesions], default_typer_spec(), TyperTraining(iterations=1))
     with pytest.raises(ValueError, match="do not fit"):
         train_typer(features[:, :5], labels, default_typer_spec(), TyperTraining(iterations=1))
 
@@ -134,19 +137,25 @@ def test_saved_typer_loads_back_and_wrong_files_fail_clearly(tmp_path: Path) -> 
         load_typer(path, {"hidden": [64, 64]})
 
 
-def test_retype_lesions_takes_the_most_probable_type() -> None:
+def test_retype_lesions_takes_the_most_probable_class() -> None:
     hu, lesion, liver = rim_lesion_study()
     labels = np.where(lesion, LesionType.META, 7).astype(np.uint8)
     geometry = VolumeGeometry(lesion.shape, SPACING, (0.0, 0.0, 0.0))
     lesions = seg2det(labels, geometry)
-    hem = np.zeros((1, 6), np.float32)
-    hem[0, LesionType.HEM - 1] = 0.9
-    (retyped,) = retype_lesions(lesions, hu, labels, geometry, lambda rows: hem)
-    assert retyped.lesion_type is LesionType.HEM and lesions[0].lesion_type is LesionType.META
-    assert retyped.volume_ml == lesions[0].volume_ml
-    assert retype_lesions([], hu, labels, geometry, lambda rows: hem) == []
+    hem = np.zeros((1, 7), np.float32)
+    hem[0, LesionType.HEM], hem[0, 0] = 0.6, 0.4
+    typed = retype_lesions(lesions, hu, labels, geometry, lambda rows: hem)
+    (retyped,) = typed.kept
+    assert typed.dropped == [] and retyped.lesion_type is LesionType.HEM
+    assert lesions[0].lesion_type is LesionType.META and retyped.volume_ml == lesions[0].volume_ml
+    not_lesion = np.zeros((1, 7), np.float32)
+    not_lesion[0, 0], not_lesion[0, LesionType.HEM] = 0.7, 0.3
+    typed = retype_lesions(lesions, hu, labels, geometry, lambda rows: not_lesion)
+    assert typed.kept == [] and typed.dropped == lesions
+    empty = retype_lesions([], hu, labels, geometry, lambda rows: hem)
+    assert empty.kept == [] and empty.dropped == []
     with pytest.raises(ValueError, match="expected"):
-        retype_lesions(lesions, hu, labels, geometry, lambda rows: np.zeros((1, 5)))
+        retype_lesions(lesions, hu, labels, geometry, lambda rows: np.zeros((1, 6)))
 
 
 def model_with_typer(tmp_path: Path) -> Path:
@@ -163,7 +172,7 @@ def test_card_backend_loads_the_typer_and_checks_its_sha256(tmp_path: Path) -> N
     backend = CardBackend(folder, torch.device("cpu"))
     typer = backend.lesion_typer()
     assert typer is not None
-    assert typer(np.zeros((2, feature_count()), np.float32)).shape == (2, 6)
+    assert typer(np.zeros((2, feature_count()), np.float32)).shape == (2, 7)
     data = json.loads((folder / "model_card.json").read_text())
     data["typer"]["sha256"] = "0" * 64
     (folder / "model_card.json").write_text(json.dumps(data))
