@@ -144,18 +144,22 @@ def test_lesion_typer_types_the_kept_lesions_and_leaves_base_alone():
         "typed 1, dropped 0 as not a lesion", "typed 2, dropped 0 as not a lesion"]
 
 
-def test_lesion_typer_drops_what_it_calls_not_a_lesion():
+def test_lesion_typer_drops_at_base_sensitivity_only_and_the_verdict_becomes_uncertain():
     probabilities, hu = study()
 
-    def typer(features: np.ndarray) -> np.ndarray:  # the weak site (VP 200 HU) is not a lesion
+    def typer(features: np.ndarray) -> np.ndarray:  # the strong site (VP 300 HU): "not a lesion", 0.9
         vp_mean_hu = features[:, feature_names().index("VP_absolute")] * 100.0
         out = np.zeros((len(features), 7), np.float32)
-        out[vp_mean_hu < 250.0, 0] = 1.0
-        out[vp_mean_hu >= 250.0, LesionType.HEM] = 1.0
+        strong = vp_mean_hu >= 250.0
+        out[strong, 0], out[strong, LesionType.HEM] = 0.9, 0.1
+        out[~strong, LesionType.META] = 1.0
         return out
 
     result = run_cascade(probabilities, hu, GEOMETRY, None, CONFIG, lesion_typer=typer)
-    assert [l.lesion_type for l in result.high] == [LesionType.HEM, LesionType.META]
-    assert [l.lesion_type for l in result.high_recls] == [LesionType.HEM]
-    assert result.verdict.certain and result.verdict.patient_class is PatientClass.HEM
-    assert "typed 1, dropped 1 as not a lesion" in [d.outcome for d in result.decisions]
+    assert [l.lesion_type for l in result.base] == [LesionType.HEM]
+    assert result.base_recls == []  # dropped at base sensitivity
+    assert [l.lesion_type for l in result.high_recls] == [LesionType.HEM, LesionType.META]  # kept, typed
+    assert result.class_base_recls is PatientClass.NORMAL and result.class_high_recls is PatientClass.META
+    assert not result.verdict.certain
+    assert [d.outcome for d in result.decisions if d.stage == "lesion typing"] == [
+        "typed 0, dropped 1 as not a lesion", "typed 2, dropped 0 as not a lesion"]

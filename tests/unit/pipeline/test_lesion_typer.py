@@ -4,6 +4,7 @@ weights in a model folder, and the errors a wrong file gives."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -152,6 +153,10 @@ def test_retype_lesions_takes_the_most_probable_class() -> None:
     not_lesion[0, 0], not_lesion[0, LesionType.HEM] = 0.7, 0.3
     typed = retype_lesions(lesions, hu, labels, geometry, lambda rows: not_lesion)
     assert typed.kept == [] and typed.dropped == lesions
+    assert retype_lesions(lesions, hu, labels, geometry, lambda rows: not_lesion, sensitivity=2.0).dropped == lesions
+    kept = retype_lesions(lesions, hu, labels, geometry, lambda rows: not_lesion, sensitivity=4.0).kept
+    assert [lesion.lesion_type for lesion in kept] == [LesionType.HEM]  # 0.7 < 4 x 0.3
+    assert retype_lesions(lesions, hu, labels, geometry, lambda rows: not_lesion, sensitivity=math.inf).kept
     empty = retype_lesions([], hu, labels, geometry, lambda rows: hem)
     assert empty.kept == [] and empty.dropped == []
     with pytest.raises(ValueError, match="expected"):
