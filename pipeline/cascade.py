@@ -5,6 +5,8 @@ the HU volumes per phase on the same grid, the grid's geometry, an optional patc
 :class:`~pipeline.config.CascadeConfig`, and returns a :class:`CascadeResult`:
 
 1. label maps at every sensitivity factor plus LiverMax, in one slab-wise pass (no second inference);
+   the liver outline of the base and high maps redrawn (``pipeline.liver_region``: liver only where
+   P(liver or lesion) exceeds ``liver_probability_threshold``, then its largest connected region);
 2. seg2det on the base (first factor) and high (last factor) maps;
 3. reclassification of both lesion sets with the patch model (skipped, and recorded as a decision,
    when there is none: then the "ReCls" sets equal the raw ones); then, with a lesion typer, the
@@ -34,7 +36,7 @@ import numpy as np
 from pipeline.classify import JointVerdict, classify_patient, joint_verdict
 from pipeline.config import CascadeConfig
 from pipeline.lesion_typer import LesionTyper, retype_lesions
-from pipeline.liver_region import keep_largest_liver_region
+from pipeline.liver_region import keep_largest_liver_region, threshold_liver
 from pipeline.livermax import livermax_vector
 from pipeline.matching import SensitivityMatch, match_sensitivities
 from pipeline.reclassify import PatchModel, ReclassifyOutcome, ReclassifyResult, reclassify
@@ -182,6 +184,11 @@ def run_cascade(
     t0 = time.perf_counter()
     multi = scaled_argmax(probabilities, config.sensitivity_factors, slab_slices=config.slab_slices)
     base_labels, high_labels = multi.label_maps[base_f], multi.label_maps[high_f]
+    if config.liver_probability_threshold > 0:
+        base_labels, high_labels = (
+            threshold_liver(labels, probabilities, config.liver_probability_threshold, config.slab_slices)
+            for labels in (base_labels, high_labels)
+        )
     if config.keep_largest_liver_region:
         base_labels, high_labels = keep_largest_liver_region(base_labels), keep_largest_liver_region(high_labels)
     timings["sensitivity_s"] = time.perf_counter() - t0

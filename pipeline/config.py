@@ -40,6 +40,9 @@ class CascadeConfig:
     slab_slices: int = 32
     #: lesions under this volume are ignored by seg2det consumers (evaluation, reports).
     min_lesion_volume_ml: float = 0.0
+    #: liver only where P(liver) + P(lesions) exceeds this, not merely where liver wins the argmax
+    #: (pipeline.liver_region; 0 turns it off).
+    liver_probability_threshold: float = 0.6
     #: liver voxels outside the largest connected liver-and-lesion region become background
     #: (pipeline.liver_region).
     keep_largest_liver_region: bool = True
@@ -51,6 +54,8 @@ class CascadeConfig:
         object.__setattr__(self, "sensitivity_factors", tuple(float(f) for f in self.sensitivity_factors))
         object.__setattr__(self, "patch_size_voxels", tuple(int(v) for v in self.patch_size_voxels))
         _require(len(self.sensitivity_factors) >= 1, "sensitivity_factors", "give at least one factor")
+        _require(0.0 <= self.liver_probability_threshold < 1.0, "liver_probability_threshold",
+                 "must be at least 0 (off) and below 1")
         _require(all(f > 0 for f in self.sensitivity_factors), "sensitivity_factors", "factors must be > 0")
         _require(self.reclassify_max_volume_ml > 0, "reclassify_max_volume_ml", "must be > 0")
         _require(self.reclassify_threshold_ml >= 0, "reclassify_threshold_ml", "must be >= 0")

@@ -85,6 +85,7 @@ def main() -> None:
     truth_dir = args.work / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
     liver_dice = []
+    cascade_liver_dice: dict[str, list[float]] = {name: [] for name in variants}
     for case in cases:
         np.savez_compressed(truth_dir / f"{case.case_id}.npz", labels=case.labels,
                             spacing_mm=np.asarray(case.geometry.spacing_mm, dtype=np.float64))
@@ -94,13 +95,15 @@ def main() -> None:
         liver_dice.append(dice_per_class(predicted_liver, np.isin(case.labels, liver).astype(np.uint8), [1])[1])
         for name, config in variants.items():
             result = cascade_on_prediction(prediction, backend, config)
+            cascade_liver_dice[name].append(dice_per_class(np.isin(result.base_labels, liver).astype(np.uint8),
+                                                           np.isin(case.labels, liver).astype(np.uint8), [1])[1])
             save_evaluation_npz(result, args.work / name / "predictions" / f"{case.case_id}.npz")
         print(f"{case.case_id} done", flush=True)
     print(f"liver Dice (argmax of UNet_whole): mean {np.mean(liver_dice):.3f}, min {np.min(liver_dice):.3f}")
     for name in variants:
         report = evaluate_folders(args.work / name / "predictions", truth_dir, min_lesion_volume_ml=0.5)
         json_path, _ = write_report(report, args.work / name)
-        print(f"{name}:")
+        print(f"{name}: liver Dice of the cascade's base map {np.mean(cascade_liver_dice[name]):.4f}")
         print("\n".join(summary(json_path)), flush=True)
 
 

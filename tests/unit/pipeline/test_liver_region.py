@@ -1,10 +1,12 @@
-"""keep_largest_liver_region: stray liver islands go, the liver, lesions and other organs stay."""
+"""The liver outline steps: stray liver islands go (the liver, lesions and other organs stay), and
+the liver is redrawn from the liver-or-lesion probability."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from pipeline.liver_region import keep_largest_liver_region
+from pipeline.liver_region import keep_largest_liver_region, threshold_liver
 from pipeline.types import Label
 
 LIVER, SPLEEN, BACKGROUND = int(Label.LIVER), int(Label.SPLEEN), int(Label.BACKGROUND)
@@ -34,3 +36,27 @@ def test_one_region_or_no_liver_is_returned_as_is() -> None:
     labels[1:3, 1:4, 1:4] = LIVER
     labels[3, 5, 5] = SPLEEN
     assert keep_largest_liver_region(labels) is labels
+
+
+def test_threshold_liver_redraws_the_liver_from_the_liver_or_lesion_probability() -> None:
+    probabilities = np.zeros((14, 1, 1, 4), np.float16)
+    probabilities[0, 0, 0] = [0.45, 0.30, 0.20, 0.70]  # background
+    probabilities[7, 0, 0] = [0.55, 0.40, 0.30, 0.10]  # liver
+    probabilities[3, 0, 0] = [0.00, 0.30, 0.50, 0.20]  # metastasis
+    probabilities[11, 0, 0] = [0.00, 0.00, 0.00, 0.00]
+    labels = np.array([[[7, 0, 3, 0]]], np.uint8)  # the argmax
+    # voxel 0: liver wins the argmax but liver-or-lesion is only 0.55 -> background
+    # voxel 1: labelled background, but liver-or-lesion is 0.70 -> liver
+    # voxel 2: a lesion voxel stays a lesion; voxel 3: stays background (0.30)
+    out = threshold_liver(labels, probabilities, 0.6)
+    assert out.tolist() == [[[0, 7, 3, 0]]]
+    assert labels.tolist() == [[[7, 0, 3, 0]]]  # the input is not changed
+    assert threshold_liver(labels, probabilities, 0.5).tolist() == [[[7, 7, 3, 0]]]
+
+
+def test_threshold_liver_refuses_bad_input() -> None:
+    probabilities = np.full((14, 2, 2, 2), 1 / 14, np.float32)
+    with pytest.raises(ValueError, match="label map"):
+        threshold_liver(np.zeros((2, 2, 3), np.uint8), probabilities, 0.6)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        threshold_liver(np.zeros((2, 2, 2), np.uint8), probabilities, 1.0)
