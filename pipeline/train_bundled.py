@@ -297,11 +297,14 @@ def _write(out_dir: Path, prep: Preprocessing, whole: TrainResult, patch: TrainR
                "primary lesion type is equally common for its last stage and UNet_patch")
     else:
         use = "natural lesion-type mix, for both networks"
+    typer_part = (f"; the lesion typer on the true lesions and UNet_whole's false positives of "
+                  f"{typer.training.get('studies')} type-balanced phantoms (seeds from {TRAIN_SEED_BASE})"
+                  if typer is not None else "")
     training_data = (
         f"{len(seeds)} synthetic multi-phase CT phantoms made by livernode's own generator "
         f"(pipeline.phantom, seeds {seeds[0]}-{seeds[-1]}: {use}; validation seeds from {VALIDATION_SEED_BASE}), "
-        f"{patch_count} lesion-shuffle patches for UNet_patch. No patient data. Synthetic phantoms only: "
-        "NOT FOR CLINICAL USE."
+        f"{patch_count} lesion-shuffle patches for UNet_patch{typer_part}. No patient data. Synthetic phantoms "
+        "only: NOT FOR CLINICAL USE."
     )
     metrics = dict(metrics)
     metrics["recipe"] = asdict(recipe)

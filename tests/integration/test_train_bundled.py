@@ -1,6 +1,6 @@
 """`train_bundled` end to end on the small recipe, continuing from the bundled UNet_whole
-(`--whole-from`): only the type-balanced stage and UNet_patch train, the held-out evaluation runs,
-and the card says where UNet_whole started. Takes a few minutes (phantom generation)."""
+(`--whole-from`): only the type-balanced stage, UNet_patch and the lesion typer train, the held-out
+evaluation runs (with the typer), and the card says where UNet_whole started. Takes a few minutes (phantom generation)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) 
     assert card.metrics["whole_started_from"] == {"file": start.name, "sha256": bundled["whole"]["sha256"]}
     assert card.metrics["recipe"]["typing_studies"] == recipe.typing_studies
     assert "held_out_report" in card.metrics
+    assert card.typer is not None and card.typer.training["studies"] == recipe.typer_studies
+    assert (tmp_path / "model" / card.typer.file).is_file() and "lesion typer" in card.training_data
     assert (tmp_path / "model" / "held_out_evaluation.md").is_file()
     # only the type-balanced stage of UNet_whole ran; the natural-mix studies were never made
     assert not any(name in m for m in messages for name in ("unet_whole.pt:", "unet_whole_polished.pt:"))
