@@ -41,7 +41,7 @@ from pipeline.livermax import livermax_vector
 from pipeline.matching import SensitivityMatch, match_sensitivities
 from pipeline.reclassify import PatchModel, ReclassifyOutcome, ReclassifyResult, reclassify
 from pipeline.seg2det import paint_lesions, seg2det
-from pipeline.sensitivity import scaled_argmax, validate_probabilities
+from pipeline.sensitivity import MultiSensitivityResult, scaled_argmax, validate_probabilities
 from pipeline.shuffle import PatchSource, ShuffleSettings
 from pipeline.types import (
     PHASE_ORDER,
@@ -155,6 +155,24 @@ def _mark_reported(high_recls: list[Lesion], match: SensitivityMatch, base: floa
     ]
 
 
+def sensitivity_label_maps(
+    probabilities: np.ndarray, config: CascadeConfig, *, compute_livermax: bool = True
+) -> MultiSensitivityResult:
+    """Step 1: the label map at every sensitivity factor (and LiverMax) with the liver outline
+    steps the configuration turns on (``pipeline.liver_region``). Training code that needs the
+    cascade's own detections (the typer's false positives) calls this too."""
+    multi = scaled_argmax(probabilities, config.sensitivity_factors, slab_slices=config.slab_slices,
+                          compute_livermax=compute_livermax)
+    maps = {}
+    for factor, labels in multi.label_maps.items():
+        if config.liver_probability_threshold > 0:
+            labels = threshold_liver(labels, probabilities, config.liver_probability_threshold, config.slab_slices)
+        if config.keep_largest_liver_region:
+            labels = keep_largest_liver_region(labels)
+        maps[factor] = labels
+    return dataclasses.replace(multi, label_maps=maps)
+
+
 def run_cascade(
     probabilities: np.ndarray,
     hu_by_phase: Mapping[Phase, np.ndarray],
@@ -182,15 +200,8 @@ def run_cascade(
     base_f, high_f = config.sensitivity_factors[0], config.sensitivity_factors[-1]
 
     t0 = time.perf_counter()
-    multi = scaled_argmax(probabilities, config.sensitivity_factors, slab_slices=config.slab_slices)
+    multi = sensitivity_label_maps(probabilities, config)
     base_labels, high_labels = multi.label_maps[base_f], multi.label_maps[high_f]
-    if config.liver_probability_threshold > 0:
-        base_labels, high_labels = (
-            threshold_liver(labels, probabilities, config.liver_probability_threshold, config.slab_slices)
-            for labels in (base_labels, high_labels)
-        )
-    if config.keep_largest_liver_region:
-        base_labels, high_labels = keep_largest_liver_region(base_labels), keep_largest_liver_region(high_labels)
     timings["sensitivity_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -265,7 +265,7 @@ def train_bundled(
         typer = fit_typer(out_dir, typer_cases, prep,
                           f"true lesions of {len(typer_specs)} type-balanced synthetic phantoms (seeds "
                           f"{typer_specs[0].seed}-{typer_specs[-1].seed}); NOT FOR CLINICAL USE",
-                          TyperTraining(iterations=recipe.typer_iterations), say, predictor)
+                          TyperTraining(iterations=recipe.typer_iterations), say, predictor, cascade)
     card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s,
                        start_note, typer)
 

@@ -6,9 +6,10 @@ studies and add it to a model folder's card.
   because at inference the typer sees UNet_whole's outline of the lesion, not the truth.
 * "Not a lesion" rows: the model's own false positives. UNet_whole runs on every training study
   with a phase subset drawn as at training (so the look-alikes of a venous-only study are seen
-  too), at the base and the high sensitivity; detections (after the liver region step) that touch
-  no true lesion become rows of class 0, with UNet_whole's own liver and lesion maps, exactly as
-  the cascade computes features at inference.
+  too), at the cascade's sensitivities and with its liver outline steps
+  (``pipeline.cascade.sensitivity_label_maps``); detections that touch no true lesion become rows
+  of class 0, with UNet_whole's own liver and lesion maps, exactly as the cascade computes
+  features at inference.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from pipeline.cascade import sensitivity_label_maps
+from pipeline.config import CascadeConfig
 from pipeline.inference import WholePredictor
 from pipeline.lesion_features import feature_count, lesion_features
 from pipeline.lesion_typer import (
@@ -29,11 +32,10 @@ from pipeline.lesion_typer import (
     TYPER_PHASE_COMBINATIONS,
     TyperTraining,
     default_typer_spec,
-    lesions_features,
+    feature_rows,
     save_typer,
     train_typer,
 )
-from pipeline.liver_region import keep_largest_liver_region
 from pipeline.matching import overlap_pairs
 from pipeline.model import (
     WHOLE_NETWORK,
@@ -48,7 +50,6 @@ from pipeline.model import (
     write_model_card,
 )
 from pipeline.seg2det import seg2det
-from pipeline.sensitivity import scaled_argmax
 from pipeline.train import TrainingCase, case_model_input
 from pipeline.types import LESION_LABELS, Label, LesionType, Phase
 
@@ -95,28 +96,27 @@ def false_positive_rows(
     cases: Sequence[TrainingCase],
     prep: Preprocessing,
     predictor: WholePredictor,
-    factors: tuple[float, ...] = (1.0, 4.0),
+    config: CascadeConfig = CascadeConfig(),
     min_volume_ml: float = 0.5,
     progress: Callable[[str], None] | None = None,
 ) -> np.ndarray:
-    """Feature vectors (N, F) of UNet_whole's detections that touch no true lesion (see the
-    module docstring); study i is predicted with the i-th phase subset of a fixed cycle."""
+    """Feature vectors (N, F) of UNet_whole's detections that touch no true lesion, at every
+    sensitivity of `config` and on the cascade's own label maps (see the module docstring); study
+    i is predicted with the i-th phase subset of a fixed cycle."""
     say = progress or log.info
     combos = [combo for combo, _ in TYPER_PHASE_COMBINATIONS]
     rows: list[np.ndarray] = []
     for index, case in enumerate(cases):
         subset = tuple(p for p in combos[index % len(combos)] if p in case.present) or case.present
-        seen = replace(case, present=subset)
-        model_input = case_model_input(seen, prep)
-        maps = scaled_argmax(predictor.predict(model_input), factors, compute_livermax=False).label_maps
+        model_input = case_model_input(replace(case, present=subset), prep)
+        maps = sensitivity_label_maps(predictor.predict(model_input), config, compute_livermax=False).label_maps
         truth = seg2det(case.labels, case.geometry)
-        for factor in factors:
-            labels = keep_largest_liver_region(maps[factor])
+        for labels in maps.values():
             detected = seg2det(labels, case.geometry, min_volume_ml=min_volume_ml)
             hit = {pair.second_id for pair in overlap_pairs(truth, detected)}
             false_positives = [lesion for lesion in detected if lesion.lesion_id not in hit]
             if false_positives:
-                rows.append(lesions_features(false_positives, model_input.hu, labels, case.geometry))
+                rows.append(feature_rows(false_positives, model_input.hu, labels, case.geometry))
         if (index + 1) % 20 == 0 or index + 1 == len(cases):
             say(f"typer: false positives of UNet_whole in {index + 1}/{len(cases)} studies: "
                 f"{sum(len(r) for r in rows)}")
@@ -131,10 +131,11 @@ def fit_typer(
     settings: TyperTraining = TyperTraining(),
     progress: Callable[[str], None] | None = None,
     predictor: WholePredictor | None = None,
+    cascade: CascadeConfig = CascadeConfig(),
 ) -> TyperEntry:
     """Train the typer on `cases` (described as `describe`), with "not a lesion" rows mined by
-    `predictor` (UNet_whole) when given, write its weights into `model_dir` and return the model
-    card entry for them."""
+    `predictor` (UNet_whole) through `cascade`'s label maps when given, write its weights into
+    `model_dir` and return the model card entry for them."""
     say = progress or log.info
     features, labels = typer_rows(cases, prep)
     counts = Counter(LesionType(int(v)).name for v in labels)
@@ -142,7 +143,7 @@ def fit_typer(
     if missing:
         say(f"typer: no training lesion of type {', '.join(missing)}; it will never give those types")
     if predictor is not None:
-        negatives = false_positive_rows(cases, prep, predictor, progress=say)
+        negatives = false_positive_rows(cases, prep, predictor, cascade, progress=say)
         features = np.concatenate([features, negatives])
         labels = np.concatenate([labels, np.full(len(negatives), NOT_A_LESION, dtype=np.int64)])
         counts["not a lesion"] = len(negatives)
