@@ -243,13 +243,10 @@ def run_cascade(
         # The high-sensitivity set must not miss: there the typer only types (an infinite
         # sensitivity never drops); what it drops at base sensitivity alone makes the joint
         # verdict uncertain instead of silently normal.
-        for name, lesions, labels, factor in (("base", base_recls, base_labels, base_f),
-                                              ("high", high_recls, high_labels, math.inf)):
-            typed = retype_lesions(lesions, hu, labels, geometry, lesion_typer, sensitivity=factor)
-            if name == "base":
-                base_recls = typed.kept
-            else:
-                high_recls = typed.kept
+        base_typed = retype_lesions(base_recls, hu, base_labels, geometry, lesion_typer, sensitivity=base_f)
+        high_typed = retype_lesions(high_recls, hu, high_labels, geometry, lesion_typer, sensitivity=math.inf)
+        base_recls, high_recls = base_typed.kept, high_typed.kept
+        for name, typed in (("base", base_typed), ("high", high_typed)):
             decisions.append(Decision("lesion typing", f"{name} sensitivity",
                                       f"typed {len(typed.kept)}, dropped {len(typed.dropped)} as not a lesion",
                                       "lesion typer on enhancement features (docs/models.md)"))
