@@ -147,7 +147,8 @@ def _train_patch(args: argparse.Namespace) -> int:
 def _train_typer(args: argparse.Namespace) -> int:
     from pipeline.lesion_typer import TyperTraining
     from pipeline.model import read_model_card
-    from pipeline.train_typer import model_predictor, train_typer_model
+    from pipeline.train_models import whole_predictor
+    from pipeline.train_typer import train_typer_model
 
     if not args.model_dir:
         raise ValueError("--model MODEL_FOLDER is required")
@@ -157,7 +158,7 @@ def _train_typer(args: argparse.Namespace) -> int:
     cases, _ = source.load(prep, Path(args.work_dir), print)
     settings = TyperTraining(iterations=args.iterations or TyperTraining().iterations)
     card = train_typer_model(model_dir, cases, source.describe(), settings, progress=print,
-                             predictor=model_predictor(model_dir, args.device))
+                             predictor=whole_predictor(model_dir, args.device))
     print(f"wrote {card}")
     return EXIT_OK
 

@@ -15,11 +15,13 @@ from typing import Callable
 from pipeline.config import CascadeConfig
 from pipeline.inference import WholePredictor
 from pipeline.model import (
+    WHOLE_NETWORK,
     ModelCard,
     NetworkSpec,
     Preprocessing,
     WeightsEntry,
     load_native_network,
+    load_torchscript_network,
     read_model_card,
     select_device,
     use_bf16,
@@ -144,6 +146,17 @@ def train_whole_model(
     return path
 
 
+def whole_predictor(model_dir: Path, device: str = "auto", precision: str = "auto") -> WholePredictor:
+    """UNet_whole of a model folder (native or TorchScript, sha256 checked) as a predictor, for
+    mining hard cases and false positives on training studies."""
+    card = read_model_card(model_dir)
+    torch_device = select_device(device)
+    path = verified_weights_path(model_dir, card.whole)
+    network = (load_torchscript_network(path, torch_device) if card.format == "torchscript"
+               else load_native_network(path, card.whole.network or WHOLE_NETWORK, torch_device))
+    return WholePredictor(network, card.preprocessing, torch_device, bf16=use_bf16(torch_device, precision))
+
+
 def train_patch_model(
     model_dir: Path,
     work_dir: Path,
@@ -166,12 +179,9 @@ def train_patch_model(
     if patch_spec.out_channels != len(LESION_LABELS) + 1:
         raise ValueError(f"UNet_patch must give {len(LESION_LABELS) + 1} classes")
     prep = card.preprocessing
-    device = select_device(config.device)
-    whole = load_native_network(verified_weights_path(model_dir, card.whole), card.whole.network, device) \
-        if card.whole.network else None
-    if whole is None:
+    if card.whole.network is None:
         raise ValueError(f"{model_dir}: the model card does not describe UNet_whole's network")
-    predictor = WholePredictor(whole, prep, device, bf16=use_bf16(device, config.precision))
+    predictor = whole_predictor(model_dir, config.device, config.precision)
     train, _ = source.load(prep, work_dir, say)
     cascade = replace(cascade, patch_size_voxels=prep.patch_size_voxels)
     config = replace(config, crop_size_voxels=prep.patch_size_voxels, validate_every=config.iterations + 1)
@@ -189,4 +199,5 @@ def train_patch_model(
     return path
 
 
-__all__ = ["ModelShape", "TrainingSource", "intended_use_for", "train_patch_model", "train_whole_model"]
+__all__ = ["ModelShape", "TrainingSource", "intended_use_for", "train_patch_model", "train_whole_model",
+           "whole_predictor"]

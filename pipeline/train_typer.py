@@ -37,32 +37,15 @@ from pipeline.lesion_typer import (
     train_typer,
 )
 from pipeline.matching import overlap_pairs
-from pipeline.model import (
-    WHOLE_NETWORK,
-    Preprocessing,
-    TyperEntry,
-    load_native_network,
-    load_torchscript_network,
-    read_model_card,
-    select_device,
-    use_bf16,
-    verified_weights_path,
-    write_model_card,
-)
+from pipeline.model import Preprocessing, TyperEntry, read_model_card, write_model_card
 from pipeline.seg2det import seg2det
 from pipeline.train import TrainingCase, case_model_input
-from pipeline.types import LESION_LABELS, Label, LesionType, Phase
+from pipeline.types import LESION_LABELS, Label, LesionType
 
 log = logging.getLogger(__name__)
 
 TYPER_FILE = "lesion_typer.pt"
 _MIN_ERODED_VOXELS = 4
-
-
-def case_hu(case: TrainingCase, prep: Preprocessing) -> dict[Phase, np.ndarray]:
-    """HU volumes of a case's present phases (recovered from the normalised phases)."""
-    return {phase: case.phases[index].astype(np.float32) * prep.hu_scale + prep.hu_center
-            for index, phase in enumerate(prep.phase_order) if phase in case.present}
 
 
 def typer_rows(
@@ -72,7 +55,7 @@ def typer_rows(
     features: list[np.ndarray] = []
     labels: list[int] = []
     for case in cases:
-        hu = case_hu(case, prep)
+        hu = case_model_input(case, prep).hu
         liver = case.labels == int(Label.LIVER)
         any_lesion = np.isin(case.labels, LESION_LABELS)
         for lesion in seg2det(case.labels, case.geometry, min_volume_ml=min_volume_ml):
@@ -154,16 +137,6 @@ def fit_typer(
     return TyperEntry(file=TYPER_FILE, sha256=sha256, spec=spec.to_json(),
                       training={**asdict(settings), "training_data": describe, "studies": len(cases),
                                 "rows_by_type": dict(counts)})
-
-
-def model_predictor(model_dir: Path, device: str = "auto") -> WholePredictor:
-    """UNet_whole of a model folder (native or TorchScript) as a predictor for mining."""
-    card = read_model_card(model_dir)
-    torch_device = select_device(device)
-    path = verified_weights_path(model_dir, card.whole)
-    network = (load_torchscript_network(path, torch_device) if card.format == "torchscript"
-               else load_native_network(path, card.whole.network or WHOLE_NETWORK, torch_device))
-    return WholePredictor(network, card.preprocessing, torch_device, bf16=use_bf16(torch_device))
 
 
 def train_typer_model(

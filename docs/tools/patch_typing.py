@@ -39,7 +39,6 @@ from pipeline.shuffle import PatchSource
 from pipeline.train import TrainConfig, TrainingCase, case_model_input
 from pipeline.train_bundled import BundledRecipe
 from pipeline.train_patch import patch_channels, patch_settings, train_patch_network
-from pipeline.train_typer import case_hu
 from pipeline.training_data import (
     TRAIN_SEED_BASE,
     make_cases,
@@ -137,7 +136,7 @@ def main() -> None:
         if backend is not None:
             whole_types(backend, case, truth, whole_confusion)
         if typer is not None:
-            typed = retype_lesions(truth, case_hu(case, prep), case.labels, case.geometry, typer)
+            typed = retype_lesions(truth, case_model_input(case, prep).hu, case.labels, case.geometry, typer)
             given = {lesion.lesion_id: lesion.lesion_type.name for lesion in typed.kept}
             for lesion in truth:
                 typer_confusion[lesion.lesion_type][given.get(lesion.lesion_id, "drop")] += 1
