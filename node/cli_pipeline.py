@@ -116,10 +116,11 @@ def _train_whole(args: argparse.Namespace) -> int:
                          lesion_union_weight=recipe.lesion_union_weight if args.union_weight is None else args.union_weight,
                          device=args.device,
                          validate_every=max(1, (args.iterations or 2000) // 4), seed=1,
-                         learning_rate=2e-3 if args.init is None else 1e-3)
+                         learning_rate=2e-3 if args.init is None else 1e-3, crop_centres=args.crop_centres)
     card = train_whole_model(Path(args.out_dir), Path(args.work_dir), _source(args), config,
                              ModelShape(whole, patch, prep), init_model=Path(args.init) if args.init else None,
-                             name=args.name, resume=args.resume, progress=print)
+                             name=args.name, resume=args.resume, progress=print,
+                             anti_alias=True if args.anti_alias else None)
     print(f"wrote {card}")
     return EXIT_OK
 
@@ -211,6 +212,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--whole-from", metavar="WEIGHTS",
                        help="bundled: UNet_whole weights of an earlier run (e.g. pipeline/models/phantom-demo/"
                             "unet_whole_polished.pt); only the type-balanced stage of UNet_whole runs, from them")
+    train.add_argument("--crop-centres", choices=["voxels", "lesions"], default="voxels",
+                       help="whole: centre lesion crops on random lesion voxels (default; large lesions "
+                            "dominate) or on every lesion equally often")
+    train.add_argument("--anti-alias", action="store_true",
+                       help="whole: smooth the axes that are downsampled onto the working grid before "
+                            "resampling (recorded in the model card's preprocessing)")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")

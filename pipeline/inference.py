@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from monai.inferers import sliding_window_inference
 
 from pipeline.model import Preprocessing
@@ -57,8 +58,23 @@ def resampled_geometry(geometry: VolumeGeometry, shape: tuple[int, int, int]) ->
     )
 
 
-def resample_volume(volume: np.ndarray, shape: tuple[int, int, int], mode: str = "trilinear") -> np.ndarray:
-    """Resample a (Z, Y, X) or (C, Z, Y, X) array to `shape` (trilinear or nearest)."""
+def anti_alias_sigmas(source_shape: tuple[int, ...], shape: tuple[int, int, int]) -> tuple[float, float, float]:
+    """Gaussian sigmas (in source voxels) that keep a downsampling from aliasing: (factor - 1) / 2
+    along each axis whose voxels grow by `factor` > 1 (the rule of scikit-image's resize), 0 elsewhere."""
+    return tuple(max(0.0, (n / m - 1.0) / 2.0) for n, m in zip(source_shape[-3:], shape))  # type: ignore[return-value]
+
+
+def resample_volume(
+    volume: np.ndarray, shape: tuple[int, int, int], mode: str = "trilinear", anti_alias: bool = False
+) -> np.ndarray:
+    """Resample a (Z, Y, X) or (C, Z, Y, X) array to `shape` (trilinear or nearest). With
+    `anti_alias` (trilinear only) the axes that are downsampled are Gaussian-smoothed first
+    (:func:`anti_alias_sigmas`)."""
+    if anti_alias and mode != "nearest":
+        sigmas = anti_alias_sigmas(volume.shape, shape)
+        if any(sigmas):
+            full = (0.0,) * (volume.ndim - 3) + sigmas
+            volume = ndimage.gaussian_filter(volume.astype(np.float32, copy=False), full, mode="nearest")
     tensor = torch.from_numpy(np.ascontiguousarray(volume))
     squeeze = tensor.ndim == 3
     tensor = tensor[None, None] if squeeze else tensor[None]
@@ -92,7 +108,7 @@ def prepare_input(
     for index, phase in enumerate(order):
         if phase not in hu_by_phase:
             continue  # absent phase: zero image, zero presence channel
-        hu = resample_volume(hu_by_phase[phase].astype(np.float32, copy=False), shape)
+        hu = resample_volume(hu_by_phase[phase].astype(np.float32, copy=False), shape, anti_alias=prep.anti_alias)
         hu_work[phase] = hu
         channels[index] = normalise_hu(hu, prep)
         channels[len(order) + index] = 1.0

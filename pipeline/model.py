@@ -99,6 +99,10 @@ class Preprocessing:
     phases: tuple[str, ...] = tuple(p.value for p in PHASE_ORDER)
     roi_size_voxels: tuple[int, int, int] = (48, 160, 160)
     patch_size_voxels: tuple[int, int, int] = (16, 64, 64)
+    #: smooth each axis that is sampled more coarsely before resampling (pipeline.inference
+    #: .resample_volume), so a working voxel carries the mean of the scan voxels it covers and not
+    #: the noise of the one or two nearest; off for cards written before this setting existed.
+    anti_alias: bool = False
 
     @property
     def phase_order(self) -> tuple[Phase, ...]:
@@ -115,6 +119,7 @@ class Preprocessing:
             phases=tuple(str(p) for p in data["phases"]),
             roi_size_voxels=tuple(int(v) for v in data["roi_size_voxels"]),  # type: ignore[arg-type]
             patch_size_voxels=tuple(int(v) for v in data["patch_size_voxels"]),  # type: ignore[arg-type]
+            anti_alias=bool(data.get("anti_alias", False)),
         )
 
 

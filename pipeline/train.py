@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from monai.data import DataLoader, Dataset
 from monai.transforms import (
     Compose,
@@ -68,6 +69,9 @@ class TrainingCase:
     geometry: VolumeGeometry
 
 
+CROP_CENTRES = ("voxels", "lesions")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of a training run."""
@@ -89,6 +93,13 @@ class TrainConfig:
     lesion_union_weight: float = 0.0
     #: auto: bfloat16 autocast where the hardware runs it fast (pipeline.model.bf16_supported)
     precision: str = "auto"
+    #: where the lesion-centred crops are centred: "voxels" (any lesion voxel, so large lesions are
+    #: the centre of most crops) or "lesions" (every lesion equally often, whatever its size)
+    crop_centres: str = "voxels"
+
+    def __post_init__(self) -> None:
+        if self.crop_centres not in CROP_CENTRES:
+            raise ValueError(f"crop_centres must be one of {CROP_CENTRES}, got {self.crop_centres!r}")
 
 
 def case_from_arrays(
@@ -153,7 +164,7 @@ class PhaseDropoutAndContrast:
 def build_transforms(config: TrainConfig, seed: int, augment: bool = True) -> Compose:
     """The MONAI pipeline: pad, crop around lesions/foreground, spatial and intensity augmentation."""
     steps: list = [
-        SpatialPadd(keys=("image", "label"), spatial_size=config.crop_size_voxels, mode="constant"),
+        SpatialPadd(keys=("image", "label", "lesion"), spatial_size=config.crop_size_voxels, mode="constant"),
         RandCropByPosNegLabeld(
             keys=("image", "label"),
             label_key="lesion",
@@ -184,10 +195,24 @@ def build_transforms(config: TrainConfig, seed: int, augment: bool = True) -> Co
     return transforms
 
 
-def _sample_dict(case: TrainingCase) -> dict:
+def lesion_centres(lesion: np.ndarray) -> np.ndarray:
+    """One voxel per connected lesion (its deepest), so that a crop centred on a random marked
+    voxel is centred on each lesion equally often."""
+    components, count = ndimage.label(lesion)
+    centres = np.zeros(lesion.shape, dtype=bool)
+    if count:
+        depth = ndimage.distance_transform_edt(lesion)
+        for position in ndimage.maximum_position(depth, components, range(1, count + 1)):
+            centres[position] = True
+    return centres
+
+
+def _sample_dict(case: TrainingCase, crop_centres: str = "voxels") -> dict:
     lesion = np.isin(case.labels, LESION_LABELS)
     if not lesion.any():
         lesion = case.labels == int(Label.LIVER)
+    elif crop_centres == "lesions":
+        lesion = lesion_centres(lesion)
     return {
         "image": case.phases.astype(np.float32),
         "label": case.labels[None].astype(np.int64),
@@ -313,7 +338,7 @@ def train_network(
                     scheduler.step()
         say(f"resumed from {checkpoint_path} at iteration {start}")
 
-    dataset = Dataset([_sample_dict(c) for c in train_cases], transform=build_transforms(config, config.seed + start))
+    dataset = Dataset([_sample_dict(c, config.crop_centres) for c in train_cases], transform=build_transforms(config, config.seed + start))
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,

@@ -120,13 +120,17 @@ def train_whole_model(
     name: str = "livernode-site-model",
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
+    anti_alias: bool | None = None,
 ) -> Path:
     """Train UNet_whole and write a model folder with it (and no UNet_patch: the cascade then runs
     without reclassification until ``train_patch_model`` adds one). `init_model` fine-tunes that
-    folder's UNet_whole and keeps its preprocessing. Returns the model card path."""
+    folder's UNet_whole and keeps its preprocessing, except `anti_alias` when given
+    (``Preprocessing.anti_alias``). Returns the model card path."""
     say = progress or log.info
     base = read_model_card(init_model) if init_model is not None else None
     prep = base.preprocessing if base is not None else shape.prep
+    if anti_alias is not None:
+        prep = replace(prep, anti_alias=anti_alias)
     whole_spec = (base.whole.network if base is not None and base.whole.network else shape.whole)
     init_weights = verified_weights_path(init_model, base.whole) if base is not None and init_model else None
     train, validation = source.load(prep, work_dir, say)
@@ -137,7 +141,7 @@ def train_whole_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(result.weights_path, out_dir / result.weights_path.name)
     card = _card_for(base, shape, name, source.describe(), intended_use_for(source))
-    card = replace(card, whole=WeightsEntry(file=result.weights_path.name, sha256=result.sha256, network=whole_spec),
+    card = replace(card, preprocessing=prep, whole=WeightsEntry(file=result.weights_path.name, sha256=result.sha256, network=whole_spec),
                    patch=None, metrics={"validation": result.validation, "whole_iterations": result.iterations,
                                         "training_cases": len(train), "validation_cases": len(validation),
                                         "whole_training": asdict(config)})

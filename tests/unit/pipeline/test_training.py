@@ -5,6 +5,7 @@ takes seconds; the bundled recipe itself is exercised by `livernode train bundle
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from node.cli import main
 from pipeline.backends import CardBackend
 from pipeline.config import BackendConfig, CascadeConfig, ConfigError
-from pipeline.model import NetworkSpec, Preprocessing, read_model_card, select_device, use_bf16
+from pipeline.model import BUNDLED_MODEL_DIR, NetworkSpec, Preprocessing, read_model_card, select_device, use_bf16
 from pipeline.model_cascade import cascade_on_prediction
 from pipeline.phantom import make_phantom
 from pipeline.train import TrainConfig
@@ -176,6 +177,11 @@ def test_fine_tuning_starts_from_the_given_model(tmp_path: Path, dataset_folder:
     train_whole_model(tuned, tmp_path / "w2", source, TrainConfig(iterations=1, batch_size=1, learning_rate=0.0),
                       other_shape, init_model=base)
     assert read_model_card(tuned).preprocessing == TINY_PREP
+    # --anti-alias on a fine-tuned model changes only that setting of the init model's preprocessing
+    smoothed = tmp_path / "smoothed"
+    train_whole_model(smoothed, tmp_path / "w3", source, TrainConfig(iterations=1, batch_size=1), other_shape,
+                      init_model=base, anti_alias=True)
+    assert read_model_card(smoothed).preprocessing == replace(TINY_PREP, anti_alias=True)
     first = torch.load(base / "unet_whole.pt")
     second = torch.load(tuned / "unet_whole.pt")
     # learning rate 0: the fine-tuned weights are the initial ones
@@ -204,3 +210,62 @@ def test_precision_selection() -> None:
     assert use_bf16(cpu, "auto") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     with pytest.raises(ConfigError, match="precision"):
         BackendConfig(precision="half")
+
+
+def test_lesion_centred_crops_mark_one_voxel_per_lesion_inside_it() -> None:
+    from pipeline.train import _sample_dict, lesion_centres
+    from pipeline.train import TrainingCase
+    from pipeline.types import VolumeGeometry
+
+    lesion = np.zeros((12, 24, 24), dtype=bool)
+    lesion[2:8, 2:8, 2:8] = True  # a large lesion
+    lesion[10, 20, 20] = True  # a one-voxel lesion
+    centres = lesion_centres(lesion)
+    assert centres.sum() == 2
+    assert centres[10, 20, 20] and (centres & lesion).sum() == 2
+    z, y, x = np.argwhere(centres & (np.arange(12)[:, None, None] < 9))[0]
+    assert all(4 <= v <= 5 for v in (z, y, x))  # the deepest voxel, not an edge
+    labels = np.where(lesion, 2, 7).astype(np.uint8)
+    geometry = VolumeGeometry(shape=labels.shape, spacing_mm=(4.0, 3.0, 3.0), origin_mm=(0.0, 0.0, 0.0),
+                              direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    case = TrainingCase("c", np.zeros((4,) + labels.shape, dtype=np.float16), (Phase.VP,), labels, geometry)
+    assert _sample_dict(case)["lesion"].sum() == lesion.sum()
+    assert _sample_dict(case, "lesions")["lesion"].sum() == 2
+    with pytest.raises(ValueError, match="crop_centres"):
+        TrainConfig(crop_centres="studies")
+
+
+def test_anti_aliased_resampling_averages_noise_only_along_downsampled_axes() -> None:
+    from pipeline.inference import anti_alias_sigmas, resample_volume
+
+    assert anti_alias_sigmas((40, 256, 256), (50, 128, 64)) == (0.0, 0.5, 1.5)
+    noise = np.random.default_rng(0).normal(100.0, 30.0, (40, 256, 256)).astype(np.float32)
+    plain = resample_volume(noise, (40, 64, 64))
+    smooth = resample_volume(noise, (40, 64, 64), anti_alias=True)
+    assert abs(smooth.mean() - 100.0) < 0.5 and abs(plain.mean() - 100.0) < 0.5
+    assert smooth.std() < 0.5 * plain.std()  # about the mean of the 16 scan voxels a working voxel covers
+    # nothing is smoothed when no axis is downsampled, and label maps are never smoothed
+    np.testing.assert_array_equal(resample_volume(noise[:4, :8, :8], (8, 16, 16), anti_alias=True),
+                                  resample_volume(noise[:4, :8, :8], (8, 16, 16)))
+    labels = (noise > 100).astype(np.uint8)
+    np.testing.assert_array_equal(resample_volume(labels, (40, 64, 64), mode="nearest", anti_alias=True),
+                                  resample_volume(labels, (40, 64, 64), mode="nearest"))
+
+
+def test_model_cards_without_anti_alias_read_as_before(tmp_path: Path) -> None:
+    data = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))["preprocessing"]
+    assert "anti_alias" not in data or data["anti_alias"] is False
+    data.pop("anti_alias", None)
+    assert Preprocessing.from_json(data).anti_alias is False
+    assert Preprocessing.from_json({**data, "anti_alias": True}).anti_alias is True
+
+
+def test_train_whole_cli_records_anti_aliasing_and_trains_on_lesion_centred_crops(
+        tmp_path: Path, dataset_folder: Path, capsys) -> None:
+    out = tmp_path / "m"
+    assert main(["train", "whole", "--data", str(dataset_folder), "--out", str(out), "--work", str(tmp_path / "w"),
+                 "--iterations", "1", "--batch-size", "1", "--validation-fraction", "0",
+                 "--crop-centres", "lesions", "--anti-alias"]) == 0
+    card = read_model_card(out)
+    assert card.preprocessing.anti_alias is True
+    assert card.metrics["whole_training"]["crop_centres"] == "lesions"
