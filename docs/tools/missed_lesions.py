@@ -1,0 +1,82 @@
+"""Why UNet_whole misses lesions, on validation phantoms (seeds 20100+; never the held-out set).
+
+For every true lesion of 0.5 ml or more: the sensitivity factor f it would need to be labelled
+(the smallest ratio, over its voxels, of the best non-lesion probability to the best lesion
+probability: the lesion wins the scaled argmax where f exceeds it), and its contrast against the
+liver around it per phase next to the liver's voxel noise (SD), on the working grid. Then, per
+factor, how many true lesions are found and how many false lesion regions of 0.5 ml or more appear
+in the liver away from true lesions.
+
+    .venv/bin/python docs/tools/missed_lesions.py pipeline/models/phantom-demo --studies 48
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.backends import CardBackend
+from pipeline.model import select_device
+from pipeline.train import case_model_input
+from pipeline.training_data import make_cases, tuning_specs
+from pipeline.types import LESION_LABELS, Label
+
+FACTORS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)
+MALIGNANT = (1, 2, 3)  # HCC, ICC, metastasis
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--studies", type=int, default=24)
+    parser.add_argument("--cache", type=Path, default=Path("livernode-data/cases"))
+    args = parser.parse_args()
+    backend = CardBackend(args.model, select_device("auto"))
+    prep = backend.preprocessing
+    lesions: list[tuple[str, int, float, float, str]] = []
+    false_regions = {f: 0 for f in FACTORS}
+    for case in make_cases(tuning_specs(args.studies), prep, 2, print, cache_dir=args.cache):
+        model_input = case_model_input(case, prep)
+        probabilities = np.asarray(backend.predict_model_input(model_input).probabilities, dtype=np.float32)
+        lesion_best = probabilities[1:7].max(axis=0)
+        other_best = np.concatenate([probabilities[:1], probabilities[7:]]).max(axis=0)
+        needed = other_best / np.maximum(lesion_best, 1e-12)
+        voxel_ml = float(np.prod(case.geometry.spacing_mm)) / 1000.0
+        truth = np.isin(case.labels, LESION_LABELS)
+        liver = case.labels == int(Label.LIVER)
+        components, count = ndimage.label(truth)
+        for index in range(1, count + 1):
+            mask = components == index
+            if mask.sum() * voxel_ml < 0.5:
+                continue
+            shell = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=1) & liver
+            contrast = " ".join(f"{phase.value} {hu[mask].mean() - np.median(hu[shell]):+.0f}/{hu[liver].std():.0f}"
+                                for phase, hu in model_input.hu.items())
+            kind = int(np.bincount(case.labels[mask]).argmax())
+            lesions.append((case.case_id, kind, mask.sum() * voxel_ml, float(needed[mask].min()), contrast))
+        predicted_liver = (probabilities[7] + probabilities[1:7].sum(axis=0)) > 0.6
+        away = predicted_liver & ~ndimage.binary_dilation(truth, iterations=3)
+        for factor in FACTORS:
+            regions, found = ndimage.label(away & (needed < factor))
+            if found:
+                sizes = ndimage.sum(np.ones_like(regions), regions, range(1, found + 1)) * voxel_ml
+                false_regions[factor] += int((sizes >= 0.5).sum())
+    print("missed at f = 4 (case, type, ml, factor needed, contrast/noise HU per phase):")
+    for case_id, kind, ml, need, contrast in lesions:
+        if need >= 4.0:
+            print(f"  {case_id} type {kind} {ml:.2f} ml f {need:.3g}  {contrast}")
+    for factor in FACTORS:
+        found = [lesion for lesion in lesions if lesion[3] < factor]
+        small = [lesion for lesion in lesions if lesion[2] < 2.0]
+        malignant = [lesion for lesion in lesions if lesion[1] in MALIGNANT]
+        print(f"f = {factor:g}: lesions {len(found)}/{len(lesions)}, under 2 ml "
+              f"{sum(lesion[3] < factor for lesion in small)}/{len(small)}, malignant "
+              f"{sum(lesion[3] < factor for lesion in malignant)}/{len(malignant)}; false regions >= 0.5 ml "
+              f"{false_regions[factor]}")
+
+
+if __name__ == "__main__":
+    main()
