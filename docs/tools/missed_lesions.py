@@ -19,7 +19,9 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.backends import CardBackend
+from pipeline.config import CascadeConfig
 from pipeline.model import select_device
+from pipeline.sensitivity import LESION_CHANNELS, OTHER_CHANNELS
 from pipeline.train import case_model_input
 from pipeline.training_data import make_cases, tuning_specs
 from pipeline.types import LESION_LABELS, Label
@@ -41,8 +43,8 @@ def main() -> None:
     for case in make_cases(tuning_specs(args.studies), prep, 2, print, cache_dir=args.cache):
         model_input = case_model_input(case, prep)
         probabilities = np.asarray(backend.predict_model_input(model_input).probabilities, dtype=np.float32)
-        lesion_best = probabilities[1:7].max(axis=0)
-        other_best = np.concatenate([probabilities[:1], probabilities[7:]]).max(axis=0)
+        lesion_best = probabilities[LESION_CHANNELS].max(axis=0)
+        other_best = probabilities[list(OTHER_CHANNELS)].max(axis=0)
         needed = other_best / np.maximum(lesion_best, 1e-12)
         voxel_ml = float(np.prod(case.geometry.spacing_mm)) / 1000.0
         truth = np.isin(case.labels, LESION_LABELS)
@@ -57,13 +59,14 @@ def main() -> None:
                                 for phase, hu in model_input.hu.items())
             kind = int(np.bincount(case.labels[mask]).argmax())
             lesions.append((case.case_id, kind, mask.sum() * voxel_ml, float(needed[mask].min()), contrast))
-        predicted_liver = (probabilities[7] + probabilities[1:7].sum(axis=0)) > 0.6
+        # the cascade's liver outline (pipeline.liver_region.threshold_liver)
+        predicted_liver = (probabilities[int(Label.LIVER)] + probabilities[LESION_CHANNELS].sum(axis=0)
+                           > CascadeConfig().liver_probability_threshold)
         away = predicted_liver & ~ndimage.binary_dilation(truth, iterations=3)
         for factor in FACTORS:
-            regions, found = ndimage.label(away & (needed < factor))
-            if found:
-                sizes = ndimage.sum(np.ones_like(regions), regions, range(1, found + 1)) * voxel_ml
-                false_regions[factor] += int((sizes >= 0.5).sum())
+            regions, _ = ndimage.label(away & (needed < factor))
+            sizes_ml = np.bincount(regions.ravel())[1:] * voxel_ml
+            false_regions[factor] += int((sizes_ml >= 0.5).sum())
     print("missed at f = 4 (case, type, ml, factor needed, contrast/noise HU per phase):")
     for case_id, kind, ml, need, contrast in lesions:
         if need >= 4.0:

@@ -213,8 +213,7 @@ def test_precision_selection() -> None:
 
 
 def test_lesion_centred_crops_mark_one_voxel_per_lesion_inside_it() -> None:
-    from pipeline.train import _sample_dict, lesion_centres
-    from pipeline.train import TrainingCase
+    from pipeline.train import TrainingCase, _sample_dict, lesion_centres
     from pipeline.types import VolumeGeometry
 
     lesion = np.zeros((12, 24, 24), dtype=bool)
@@ -226,8 +225,7 @@ def test_lesion_centred_crops_mark_one_voxel_per_lesion_inside_it() -> None:
     z, y, x = np.argwhere(centres & (np.arange(12)[:, None, None] < 9))[0]
     assert all(4 <= v <= 5 for v in (z, y, x))  # the deepest voxel, not an edge
     labels = np.where(lesion, 2, 7).astype(np.uint8)
-    geometry = VolumeGeometry(shape=labels.shape, spacing_mm=(4.0, 3.0, 3.0), origin_mm=(0.0, 0.0, 0.0),
-                              direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    geometry = VolumeGeometry(shape=labels.shape, spacing_mm=(4.0, 3.0, 3.0), origin_mm=(0.0, 0.0, 0.0))
     case = TrainingCase("c", np.zeros((4,) + labels.shape, dtype=np.float16), (Phase.VP,), labels, geometry)
     assert _sample_dict(case)["lesion"].sum() == lesion.sum()
     assert _sample_dict(case, "lesions")["lesion"].sum() == 2
