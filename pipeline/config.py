@@ -367,6 +367,7 @@ class BackendConfig:
     precision: str = "auto"  # auto (bfloat16 where the CPU/GPU runs it fast) | float32 | bfloat16
     nnunet_folds: tuple[int, ...] = (0,)
     nnunet_checkpoint: str = "checkpoint_final.pth"
+    typer_dir: str = ""  # empty: the model's own lesion typer (an nnU-Net folder has none)
 
     def __post_init__(self) -> None:
         if self.kind not in ("native", "torchscript", "nnunet"):
@@ -377,3 +378,10 @@ class BackendConfig:
             raise ConfigError("overlap: must be in [0, 1)")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"precision: must be auto, float32 or bfloat16, not {self.precision!r}")
+        if not self.nnunet_folds or any(fold < 0 for fold in self.nnunet_folds):
+            raise ConfigError("nnunet_folds: must list one or more fold numbers (0, 1, ...)")
+        if not self.nnunet_checkpoint:
+            raise ConfigError("nnunet_checkpoint: must name the checkpoint file of each fold")
+        if self.typer_dir.lower().endswith((".pt", ".pth", ".json")):
+            raise ConfigError(f"typer_dir: must name a model folder (with model_card.json), "
+                              f"not the file {self.typer_dir!r}")

@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from pipeline.backends import BackendConfig, load_backend
+from pipeline.config import ConfigError
+from pipeline.lesion_features import feature_count
+from pipeline.lesion_typer import TYPER_CLASSES
 from pipeline.model import (
+    BUNDLED_MODEL_DIR,
     ModelCard,
     ModelLoadError,
     NetworkSpec,
@@ -126,6 +130,25 @@ def test_nnunet_backend_without_the_extra_says_how_to_install(tmp_path: Path) ->
     else:
         with pytest.raises(ModelLoadError, match="dataset.json"):
             load_backend(BackendConfig(kind="nnunet", model_dir=str(tmp_path), device="cpu"), tmp_path)
+
+
+def test_typer_dir_replaces_the_cards_lesion_typer(tmp_path: Path) -> None:
+    model_dir = _write_model(tmp_path / "m")  # a card without a typer
+    assert load_backend(BackendConfig(model_dir=str(model_dir), device="cpu"), tmp_path).lesion_typer() is None
+    config = BackendConfig(model_dir=str(model_dir), device="cpu", typer_dir=str(BUNDLED_MODEL_DIR))
+    typer = load_backend(config, tmp_path).lesion_typer()
+    assert typer is not None and typer(np.zeros((1, feature_count()), dtype=np.float32)).shape == (1, TYPER_CLASSES)
+    with pytest.raises(ModelLoadError, match=r"m/model_card\.json: no 'typer' entry"):
+        load_backend(BackendConfig(model_dir=str(model_dir), device="cpu", typer_dir=str(model_dir)), tmp_path)
+
+
+def test_backend_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="typer_dir: must name a model folder"):
+        BackendConfig(typer_dir="pipeline/models/phantom-demo/lesion_typer.pt")
+    with pytest.raises(ConfigError, match="nnunet_folds"):
+        BackendConfig(kind="nnunet", nnunet_folds=())
+    with pytest.raises(ConfigError, match="nnunet_checkpoint"):
+        BackendConfig(kind="nnunet", nnunet_checkpoint="")
 
 
 def _card_sha(model_dir: Path) -> str:
