@@ -392,6 +392,9 @@ def train_network(
             say(f"{weights_name}: validation at {iteration}: " +
                 ", ".join(f"{k} {v:.3f}" for k, v in validation.items()))
     network.eval()
+    if val_cases and not validation:  # resumed from a finished checkpoint: still report its validation
+        validation = validate(predictor, val_cases)
+        say(f"{weights_name}: validation at {iteration}: " + ", ".join(f"{k} {v:.3f}" for k, v in validation.items()))
     weights_path = out_dir / weights_name
     sha = save_native_weights(network, weights_path)
     return TrainResult(weights_path, sha, iteration, validation, time.perf_counter() - started)

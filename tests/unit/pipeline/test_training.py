@@ -136,6 +136,15 @@ def test_train_whole_then_patch_gives_a_loadable_model_and_resumes(tmp_path: Pat
                       resume=True, progress=messages.append)
     assert any("resumed from" in m and "at iteration 3" in m for m in messages)
     assert read_model_card(model_dir).metrics["whole_iterations"] == 5
+    weights_sha = read_model_card(model_dir).whole.sha256
+
+    # resuming a finished run trains nothing more and still reports its validation
+    messages.clear()
+    train_whole_model(model_dir, work, source, TrainConfig(iterations=5, batch_size=1, seed=1), TINY_SHAPE,
+                      resume=True, progress=messages.append)
+    card = read_model_card(model_dir)
+    assert card.whole.sha256 == weights_sha and set(card.metrics["validation"]) == {"liver_dice", "lesion_dice"}
+    assert any("validation at 5" in m for m in messages)
 
     patch_config = TrainConfig(iterations=2, batch_size=4, seed=3)
     train_patch_model(model_dir, work, source, patch_config, TINY_SHAPE.patch, hard_case_studies=1, type_balance=2.0)
