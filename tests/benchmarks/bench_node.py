@@ -32,7 +32,6 @@ from tests.integration.peers import (  # noqa: E402
     NodeProcess,
     StoreSCP,
     dcmtk_env,
-    free_port,
     wait_for,
 )
 

@@ -41,7 +41,7 @@ from tests.integration.orthanc_plugin_peer import (  # noqa: E402
     VIEWER_PASSWORD,
     PluginOrthanc,
 )
-from tests.integration.peers import NodeConfig, dcmtk_env, wait_for  # noqa: E402
+from tests.integration.peers import NodeConfig, dcmtk_env  # noqa: E402
 
 
 def _percentile(values: list[float], q: float) -> float:

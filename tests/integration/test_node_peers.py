@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
@@ -120,10 +119,6 @@ def test_study_results_arrive_in_orthanc_and_storescp(node_factory, study_factor
 
 def test_real_pipeline_end_to_end(node_factory, study_factory, orthanc, storescp) -> None:
     """storescu sends a 4-phase phantom; the real processor's SEG and SR reach Orthanc and storescp."""
-    try:
-        import node.processing  # noqa: F401
-    except ImportError as error:
-        pytest.skip(f"node.processing is not available yet: {error}")
     from pipeline.model import BUNDLED_MODEL_DIR, MODEL_CARD_NAME
 
     if not (BUNDLED_MODEL_DIR / MODEL_CARD_NAME).is_file():
