@@ -35,8 +35,9 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--studies", type=int, default=24)
     parser.add_argument("--cache", type=Path, default=Path("livernode-data/cases"))
+    parser.add_argument("--mirror-tta", action="store_true", help="mirrored test-time augmentation (model.mirror_tta)")
     args = parser.parse_args()
-    backend = CardBackend(args.model, select_device("auto"))
+    backend = CardBackend(args.model, select_device("auto"), mirror_tta=args.mirror_tta)
     prep = backend.preprocessing
     lesions: list[tuple[str, int, float, float, str]] = []
     false_regions = {f: 0 for f in FACTORS}
