@@ -76,7 +76,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _train_bundled(args: argparse.Namespace) -> int:
     from pipeline.train_bundled import BundledRecipe, train_bundled
 
-    recipe = replace(BundledRecipe(), size=args.size, device=args.device)
+    recipe = replace(BundledRecipe(), size=args.size, device=args.device, anti_alias=args.anti_alias)
     if args.type_balanced:
         recipe = recipe.type_balanced()
     if args.phantoms is not None:
@@ -216,8 +216,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="whole: centre lesion crops on random lesion voxels (default; large lesions "
                             "dominate) or on every lesion equally often")
     train.add_argument("--anti-alias", action="store_true",
-                       help="whole: smooth the axes that are downsampled onto the working grid before "
-                            "resampling (recorded in the model card's preprocessing)")
+                       help="whole, bundled: smooth the axes that are downsampled onto the working grid "
+                            "before resampling (recorded in the model card's preprocessing; bundled: in the "
+                            "recipe too, BundledRecipe.anti_alias)")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")

@@ -100,17 +100,20 @@ class BundledRecipe:
     #: "gpu": the full-size networks of pipeline.model at 3 x 2 x 2 mm; "cpu": narrower networks at
     #: 4 x 3 x 3 mm that train in about an hour on two CPU cores (the bundled weights).
     size: str = "cpu"
+    #: Gaussian-smooth the axes that are downsampled onto the working grid before resampling
+    #: (``Preprocessing.anti_alias``, recorded in the card); the bundled weights were trained without.
+    anti_alias: bool = False
 
     def networks(self) -> tuple[NetworkSpec, NetworkSpec, Preprocessing]:
         """UNet_whole, UNet_patch and the preprocessing of this recipe's size."""
         if self.size == "gpu":
-            return WHOLE_NETWORK, PATCH_NETWORK, Preprocessing()
+            return WHOLE_NETWORK, PATCH_NETWORK, Preprocessing(anti_alias=self.anti_alias)
         strides = ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2))
         whole = NetworkSpec(in_channels=8, out_channels=NUM_CLASSES, filters=(12, 24, 48, 96), strides=strides)
         patch = NetworkSpec(in_channels=8, out_channels=len(LESION_LABELS) + 1, filters=(8, 16, 32, 64),
                             strides=strides)
         prep = Preprocessing(target_spacing_mm=(4.0, 3.0, 3.0), roi_size_voxels=(32, 96, 96),
-                             patch_size_voxels=(16, 48, 48))
+                             patch_size_voxels=(16, 48, 48), anti_alias=self.anti_alias)
         return whole, patch, prep
 
     def type_balanced(self) -> "BundledRecipe":

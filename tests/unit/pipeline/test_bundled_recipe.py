@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from node.cli import main
-from pipeline.model import BUNDLED_MODEL_DIR, ModelLoadError
+from pipeline.model import BUNDLED_MODEL_DIR, ModelLoadError, Preprocessing
 from pipeline.train_bundled import BundledRecipe, started_whole, whole_stages
 
 TYPING_FIELDS = {"typing_studies", "whole_typing_iterations", "patch_iterations", "patch_type_balance"}
@@ -59,3 +59,31 @@ def test_train_bundled_cli_refuses_a_missing_start_file(tmp_path: Path, capsys) 
                  "--out", str(tmp_path / "m")]) == 1
     assert "nothing.pt: no such weights file" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("size", ["cpu", "gpu"])
+def test_anti_alias_recipe_sets_the_preprocessing_it_records(size: str) -> None:
+    _, _, plain = BundledRecipe(size=size).networks()
+    _, _, smoothed = BundledRecipe(size=size, anti_alias=True).networks()
+    assert not plain.anti_alias and smoothed.anti_alias
+    assert Preprocessing.from_json(asdict(smoothed)).anti_alias  # as the card records it
+    assert asdict(BundledRecipe(anti_alias=True))["anti_alias"] is True  # what the card's metrics.recipe holds
+
+
+def test_train_bundled_cli_passes_anti_alias_to_the_recipe(tmp_path: Path, monkeypatch) -> None:
+    import pipeline.train_bundled as train_bundled_module
+
+    seen: list[BundledRecipe] = []
+
+    def fake_train_bundled(out_dir: Path, work_dir: Path, recipe: BundledRecipe, **_: object) -> Path:
+        seen.append(recipe)
+        card = out_dir / "model_card.json"
+        card.parent.mkdir(parents=True)
+        card.write_text(json.dumps({"metrics": {"held_out_liver_dice_mean": 0.5}}), encoding="utf-8")
+        return card
+
+    monkeypatch.setattr(train_bundled_module, "train_bundled", fake_train_bundled)
+    for flags, expected in (([], False), (["--anti-alias"], True)):
+        out = tmp_path / f"m{len(seen)}"
+        assert main(["train", "bundled", *flags, "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
+        assert seen[-1].anti_alias is expected
