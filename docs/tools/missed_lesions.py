@@ -8,11 +8,16 @@ factor, how many true lesions are found and how many false lesion regions of 0.5
 in the liver away from true lesions.
 
     .venv/bin/python docs/tools/missed_lesions.py pipeline/models/phantom-demo --studies 48
+
+``--zoom Z`` runs UNet_whole on the working grid upsampled Z times (trilinear), so that lesions
+look Z times larger in voxels, and resamples its probabilities back (an experiment of session 18,
+docs/models.md; not a cascade setting).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,7 @@ from scipy import ndimage
 
 from pipeline.backends import CardBackend
 from pipeline.config import CascadeConfig
+from pipeline.inference import ModelInput, resample_volume
 from pipeline.model import select_device
 from pipeline.sensitivity import LESION_CHANNELS, OTHER_CHANNELS
 from pipeline.train import case_model_input
@@ -30,11 +36,27 @@ FACTORS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)
 MALIGNANT = (1, 2, 3)  # HCC, ICC, metastasis
 
 
+def zoomed_probabilities(backend: CardBackend, model_input: ModelInput, zoom: float) -> np.ndarray:
+    """UNet_whole's probabilities on the working grid; with `zoom` > 1 predicted on the grid
+    upsampled `zoom` times and resampled back (anti-aliased)."""
+    if zoom == 1.0:
+        return np.asarray(backend.predict_model_input(model_input).probabilities, dtype=np.float32)
+    shape = model_input.image.shape[1:]
+    big = tuple(int(round(n * zoom)) for n in shape)
+    spacing = tuple(s / zoom for s in model_input.geometry.spacing_mm)
+    geometry = replace(model_input.geometry, shape=big, spacing_mm=spacing)
+    zoomed = replace(model_input, image=resample_volume(model_input.image, big), geometry=geometry,
+                     hu={phase: resample_volume(hu, big) for phase, hu in model_input.hu.items()})
+    probabilities = np.asarray(backend.predict_model_input(zoomed).probabilities, dtype=np.float32)
+    return resample_volume(probabilities, shape, anti_alias=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--studies", type=int, default=24)
     parser.add_argument("--cache", type=Path, default=Path("livernode-data/cases"))
+    parser.add_argument("--zoom", type=float, default=1.0, help="predict on the working grid upsampled this much")
     parser.add_argument("--mirror-tta", action="store_true", help="mirrored test-time augmentation (model.mirror_tta)")
     args = parser.parse_args()
     backend = CardBackend(args.model, select_device("auto"), mirror_tta=args.mirror_tta)
@@ -43,7 +65,7 @@ def main() -> None:
     false_regions = {f: 0 for f in FACTORS}
     for case in make_cases(tuning_specs(args.studies), prep, 2, print, cache_dir=args.cache):
         model_input = case_model_input(case, prep)
-        probabilities = np.asarray(backend.predict_model_input(model_input).probabilities, dtype=np.float32)
+        probabilities = zoomed_probabilities(backend, model_input, args.zoom)
         lesion_best = probabilities[LESION_CHANNELS].max(axis=0)
         other_best = probabilities[list(OTHER_CHANNELS)].max(axis=0)
         needed = other_best / np.maximum(lesion_best, 1e-12)
