@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from missed_lesions import MALIGNANT
 from scipy import ndimage
 
 from pipeline.backends import CardBackend
@@ -38,12 +39,11 @@ from pipeline.cascade import sensitivity_label_maps
 from pipeline.config import CascadeConfig
 from pipeline.lesion_features import lesion_features
 from pipeline.lesion_typer import NOT_A_LESION, TyperTraining, default_typer_spec, train_typer, type_probabilities
-from pipeline.model import Preprocessing, select_device
+from pipeline.model import Preprocessing, read_model_card, select_device
 from pipeline.train import TrainingCase, case_model_input
 from pipeline.training_data import make_cases, tuning_specs, type_balanced_training_specs
 from pipeline.types import LESION_LABELS, Label, Phase
 
-MALIGNANT = (1, 2, 3)  # HCC, ICC, metastasis
 BACKGROUND_SIGMA_MM = 15.0
 VESSEL_LABELS = (int(Label.HEPATIC_VESSELS), int(Label.PORTAL_SPLENIC_VEIN))
 MIN_REGION_ML = 0.25
@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--typer-studies", type=int, default=0, help="train and judge a typer on the regions")
     parser.add_argument("--cache", type=Path, default=Path("livernode-data/cases"))
     args = parser.parse_args()
-    prep = replace(CardBackend(args.model, select_device("cpu")).preprocessing, anti_alias=args.anti_alias)
+    prep = replace(read_model_card(args.model).preprocessing, anti_alias=args.anti_alias)
     if args.typer_studies:
         report_typer(args, prep)
     else:
