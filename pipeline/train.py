@@ -294,6 +294,10 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def _validation_line(weights_name: str, iteration: int, validation: dict[str, float]) -> str:
+    return f"{weights_name}: validation at {iteration}: " + ", ".join(f"{k} {v:.3f}" for k, v in validation.items())
+
+
 def train_network(
     spec: NetworkSpec,
     train_cases: Sequence[TrainingCase],
@@ -389,12 +393,11 @@ def train_network(
             network.eval()
             validation = validate(predictor, val_cases)
             network.train()
-            say(f"{weights_name}: validation at {iteration}: " +
-                ", ".join(f"{k} {v:.3f}" for k, v in validation.items()))
+            say(_validation_line(weights_name, iteration, validation))
     network.eval()
     if val_cases and not validation:  # resumed from a finished checkpoint: still report its validation
         validation = validate(predictor, val_cases)
-        say(f"{weights_name}: validation at {iteration}: " + ", ".join(f"{k} {v:.3f}" for k, v in validation.items()))
+        say(_validation_line(weights_name, iteration, validation))
     weights_path = out_dir / weights_name
     sha = save_native_weights(network, weights_path)
     return TrainResult(weights_path, sha, iteration, validation, time.perf_counter() - started)
