@@ -67,6 +67,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     handlers = {"bundled": _train_bundled, "whole": _train_whole, "patch": _train_patch, "typer": _train_typer}
     try:
+        if args.spacing and args.what != "whole":
+            raise ValueError("--spacing applies to 'whole' only (patch and typer use their model folder's grid)")
         return handlers[args.what](args)
     except (PipelineError, ModelLoadError, ValueError) as error:
         print(f"livernode train {args.what}: {error}", file=sys.stderr)
@@ -102,6 +104,17 @@ def _source(args: argparse.Namespace):
                           validation_fraction=args.validation_fraction, type_balanced=args.type_balanced)
 
 
+def _spacing(text: str) -> tuple[float, float, float]:
+    """'4,2,2' (z, y, x in mm) -> (4.0, 2.0, 2.0)."""
+    try:
+        values = tuple(float(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or any(not v > 0 for v in values):
+        raise ValueError(f"--spacing takes three positive millimetre values Z,Y,X (e.g. 4,2,2), not {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def _train_whole(args: argparse.Namespace) -> int:
     from pipeline.train import TrainConfig
     from pipeline.train_bundled import BundledRecipe
@@ -120,7 +133,8 @@ def _train_whole(args: argparse.Namespace) -> int:
     card = train_whole_model(Path(args.out_dir), Path(args.work_dir), _source(args), config,
                              ModelShape(whole, patch, prep), init_model=Path(args.init) if args.init else None,
                              name=args.name, resume=args.resume, progress=print,
-                             anti_alias=True if args.anti_alias else None)
+                             anti_alias=True if args.anti_alias else None,
+                             target_spacing_mm=_spacing(args.spacing) if args.spacing else None)
     print(f"wrote {card}")
     return EXIT_OK
 
@@ -219,6 +233,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="whole, bundled: smooth the axes that are downsampled onto the working grid "
                             "before resampling (recorded in the model card's preprocessing; bundled: in the "
                             "recipe too, BundledRecipe.anti_alias)")
+    train.add_argument("--spacing", metavar="Z,Y,X",
+                       help="whole: working grid spacing in mm (recorded in the model card's preprocessing); "
+                            "with --init a fine-tune onto this grid (default: the recipe's, or --init's)")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")

@@ -121,16 +121,23 @@ def train_whole_model(
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
     anti_alias: bool | None = None,
+    target_spacing_mm: tuple[float, float, float] | None = None,
 ) -> Path:
     """Train UNet_whole and write a model folder with it (and no UNet_patch: the cascade then runs
     without reclassification until ``train_patch_model`` adds one). `init_model` fine-tunes that
-    folder's UNet_whole and keeps its preprocessing, except `anti_alias` when given
-    (``Preprocessing.anti_alias``). Returns the model card path."""
+    folder's UNet_whole and keeps its preprocessing, except `anti_alias` and the working grid's
+    `target_spacing_mm` (z, y, x) when given: a fine-tune onto another grid. Returns the model
+    card path."""
     say = progress or log.info
     base = read_model_card(init_model) if init_model is not None else None
     prep = base.preprocessing if base is not None else shape.prep
     if anti_alias is not None:
         prep = replace(prep, anti_alias=anti_alias)
+    if target_spacing_mm is not None:
+        if len(target_spacing_mm) != 3 or any(not v > 0 for v in target_spacing_mm):
+            raise ValueError(f"target spacing must be three positive millimetre values (z, y, x), "
+                             f"got {target_spacing_mm}")
+        prep = replace(prep, target_spacing_mm=tuple(float(v) for v in target_spacing_mm))
     whole_spec = (base.whole.network if base is not None and base.whole.network else shape.whole)
     init_weights = verified_weights_path(init_model, base.whole) if base is not None and init_model else None
     train, validation = source.load(prep, work_dir, say)

@@ -191,6 +191,14 @@ def test_fine_tuning_starts_from_the_given_model(tmp_path: Path, dataset_folder:
     train_whole_model(smoothed, tmp_path / "w3", source, TrainConfig(iterations=1, batch_size=1), other_shape,
                       init_model=base, anti_alias=True)
     assert read_model_card(smoothed).preprocessing == replace(TINY_PREP, anti_alias=True)
+    # a fine-tune onto another working grid changes only the spacing
+    finer = tmp_path / "finer"
+    train_whole_model(finer, tmp_path / "w4", source, TrainConfig(iterations=1, batch_size=1), other_shape,
+                      init_model=base, target_spacing_mm=(4.0, 2.0, 2.0))
+    assert read_model_card(finer).preprocessing == replace(TINY_PREP, target_spacing_mm=(4.0, 2.0, 2.0))
+    with pytest.raises(ValueError, match="three positive"):
+        train_whole_model(tmp_path / "bad", tmp_path / "w5", source, TrainConfig(iterations=1, batch_size=1),
+                          other_shape, init_model=base, target_spacing_mm=(4.0, 0.0, 2.0))
     first = torch.load(base / "unet_whole.pt")
     second = torch.load(tuned / "unet_whole.pt")
     # learning rate 0: the fine-tuned weights are the initial ones
@@ -210,6 +218,10 @@ def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None
     assert "--model MODEL_FOLDER is required" in capsys.readouterr().err
     assert main(["train", "typer", "--data", str(tmp_path), "--type-balanced", "--model", str(tmp_path)]) == 1
     assert "does not apply to --data" in capsys.readouterr().err
+    assert main(["train", "whole", "--phantoms", "2", "--out", str(tmp_path / "m"), "--spacing", "4,0,2"]) == 1
+    assert "three positive millimetre values" in capsys.readouterr().err
+    assert main(["train", "patch", "--phantoms", "2", "--model", str(tmp_path), "--spacing", "4,2,2"]) == 1
+    assert "--spacing applies to 'whole' only" in capsys.readouterr().err
 
 
 def test_precision_selection() -> None:
@@ -272,7 +284,8 @@ def test_train_whole_cli_records_anti_aliasing_and_trains_on_lesion_centred_crop
     out = tmp_path / "m"
     assert main(["train", "whole", "--data", str(dataset_folder), "--out", str(out), "--work", str(tmp_path / "w"),
                  "--iterations", "1", "--batch-size", "1", "--validation-fraction", "0",
-                 "--crop-centres", "lesions", "--anti-alias"]) == 0
+                 "--crop-centres", "lesions", "--anti-alias", "--spacing", "3.5,2.5,2.5"]) == 0
     card = read_model_card(out)
     assert card.preprocessing.anti_alias is True
+    assert card.preprocessing.target_spacing_mm == (3.5, 2.5, 2.5)
     assert card.metrics["whole_training"]["crop_centres"] == "lesions"
