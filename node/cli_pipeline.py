@@ -129,7 +129,8 @@ def _train_whole(args: argparse.Namespace) -> int:
                          lesion_union_weight=recipe.lesion_union_weight if args.union_weight is None else args.union_weight,
                          device=args.device,
                          validate_every=max(1, (args.iterations or 2000) // 4), seed=1,
-                         learning_rate=2e-3 if args.init is None else 1e-3, crop_centres=args.crop_centres)
+                         learning_rate=args.learning_rate or (2e-3 if args.init is None else 1e-3),
+                         crop_centres=args.crop_centres)
     card = train_whole_model(Path(args.out_dir), Path(args.work_dir), _source(args), config,
                              ModelShape(whole, patch, prep), init_model=Path(args.init) if args.init else None,
                              name=args.name, resume=args.resume, progress=print,
@@ -210,6 +211,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="checkpoints and cached cases (default livernode-data/train/work)")
     train.add_argument("--size", choices=["cpu", "gpu"], default="cpu", help="network size recipe (default cpu)")
     train.add_argument("--iterations", type=int, help="iterations (default: 2000, bundled: the recipe's)")
+    train.add_argument("--learning-rate", type=float,
+                       help="whole: learning rate (default 2e-3 from scratch, 1e-3 with --init)")
     train.add_argument("--batch-size", type=int, help="batch size (default: whole 2, patch 16)")
     train.add_argument("--lesion-weight", type=float, help="loss weight of the lesion classes (whole 2, patch 3)")
     train.add_argument("--union-weight", type=float,

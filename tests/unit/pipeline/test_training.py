@@ -284,8 +284,10 @@ def test_train_whole_cli_records_anti_aliasing_and_trains_on_lesion_centred_crop
     out = tmp_path / "m"
     assert main(["train", "whole", "--data", str(dataset_folder), "--out", str(out), "--work", str(tmp_path / "w"),
                  "--iterations", "1", "--batch-size", "1", "--validation-fraction", "0",
-                 "--crop-centres", "lesions", "--anti-alias", "--spacing", "3.5,2.5,2.5"]) == 0
+                 "--crop-centres", "lesions", "--anti-alias", "--spacing", "3.5,2.5,2.5",
+                 "--learning-rate", "5e-4"]) == 0
     card = read_model_card(out)
     assert card.preprocessing.anti_alias is True
     assert card.preprocessing.target_spacing_mm == (3.5, 2.5, 2.5)
     assert card.metrics["whole_training"]["crop_centres"] == "lesions"
+    assert card.metrics["whole_training"]["learning_rate"] == 5e-4
