@@ -104,15 +104,12 @@ def _source(args: argparse.Namespace):
                           validation_fraction=args.validation_fraction, type_balanced=args.type_balanced)
 
 
-def _spacing(text: str) -> tuple[float, float, float]:
-    """'4,2,2' (z, y, x in mm) -> (4.0, 2.0, 2.0)."""
+def _spacing(text: str) -> tuple[float, ...]:
+    """'4,2,2' (z, y, x in mm) -> (4.0, 2.0, 2.0); ``train_whole_model`` checks count and sign."""
     try:
-        values = tuple(float(v) for v in text.replace("x", ",").split(","))
+        return tuple(float(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        values = ()
-    if len(values) != 3 or any(not v > 0 for v in values):
-        raise ValueError(f"--spacing takes three positive millimetre values Z,Y,X (e.g. 4,2,2), not {text!r}")
-    return values  # type: ignore[return-value]
+        raise ValueError(f"--spacing takes three positive millimetre values Z,Y,X (e.g. 4,2,2), not {text!r}") from None
 
 
 def _train_whole(args: argparse.Namespace) -> int:
@@ -124,12 +121,13 @@ def _train_whole(args: argparse.Namespace) -> int:
         raise ValueError("--out MODEL_FOLDER is required")
     recipe = replace(BundledRecipe(), size=args.size)
     whole, patch, prep = recipe.networks()
+    default_rate = 2e-3 if args.init is None else 1e-3  # a fine-tune starts at half the rate
     config = TrainConfig(iterations=args.iterations or 2000, batch_size=args.batch_size or 2,
                          lesion_class_weight=args.lesion_weight or recipe.whole_lesion_weight,
                          lesion_union_weight=recipe.lesion_union_weight if args.union_weight is None else args.union_weight,
                          device=args.device,
                          validate_every=max(1, (args.iterations or 2000) // 4), seed=1,
-                         learning_rate=args.learning_rate or (2e-3 if args.init is None else 1e-3),
+                         learning_rate=default_rate if args.learning_rate is None else args.learning_rate,
                          crop_centres=args.crop_centres)
     card = train_whole_model(Path(args.out_dir), Path(args.work_dir), _source(args), config,
                              ModelShape(whole, patch, prep), init_model=Path(args.init) if args.init else None,

@@ -220,6 +220,8 @@ def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None
     assert "does not apply to --data" in capsys.readouterr().err
     assert main(["train", "whole", "--phantoms", "2", "--out", str(tmp_path / "m"), "--spacing", "4,0,2"]) == 1
     assert "three positive millimetre values" in capsys.readouterr().err
+    assert main(["train", "whole", "--phantoms", "2", "--out", str(tmp_path / "m"), "--spacing", "4,a,2"]) == 1
+    assert "--spacing takes three positive millimetre values" in capsys.readouterr().err
     assert main(["train", "patch", "--phantoms", "2", "--model", str(tmp_path), "--spacing", "4,2,2"]) == 1
     assert "--spacing applies to 'whole' only" in capsys.readouterr().err
 
