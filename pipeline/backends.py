@@ -36,6 +36,7 @@ from pipeline.model import (
     use_bf16,
     verified_weights_path,
 )
+from pipeline.typer_grid import FeatureGrid
 from pipeline.types import NUM_CLASSES, ModelIdentity, Phase, VolumeGeometry
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class SegmentationBackend(Protocol):
 
     def lesion_typer(self) -> LesionTyper | None:
         """The lesion typer (enhancement features -> type probabilities), or None."""
+        ...
+
+    def typer_feature_grid(self) -> FeatureGrid | None:
+        """The grid the lesion typer was trained on (its model card's working grid), or None."""
         ...
 
 
@@ -105,10 +110,12 @@ class CardBackend:
             else:
                 self._patch = load_native_network(patch_path, card.patch.network or PATCH_NETWORK, device)
         self._typer: torch.nn.Module | None = None
+        self._typer_grid: FeatureGrid | None = None
         if typer_dir is not None:
-            self._typer = load_typer_folder(typer_dir)
+            self._typer, self._typer_grid = load_typer_folder(typer_dir)
         elif card.typer is not None:
             self._typer = load_typer(verified_weights_path(model_dir, card.typer), card.typer.spec)
+            self._typer_grid = FeatureGrid.of(card.preprocessing)
         log.info("loaded model %s %s (%s) on %s%s%s", card.name, card.version, card.format, device,
                  " with bfloat16 autocast" if self.bf16 else "",
                  f", the lesion typer of {typer_dir}" if typer_dir is not None else "")
@@ -130,6 +137,9 @@ class CardBackend:
 
     def lesion_typer(self) -> LesionTyper | None:
         return typer_callable(self._typer) if self._typer is not None else None
+
+    def typer_feature_grid(self) -> FeatureGrid | None:
+        return self._typer_grid
 
 
 class MissingPhasesError(InputError, ModelLoadError):
@@ -239,7 +249,7 @@ class NnUNetBackend:
         )
         # nnU-Net resamples internally; we hand it the study at its own spacing.
         self.preprocessing = Preprocessing(phases=tuple(p.value for p in self.channel_phases))
-        self._typer = load_typer_folder(typer_dir) if typer_dir is not None else None
+        self._typer, self._typer_grid = load_typer_folder(typer_dir) if typer_dir is not None else (None, None)
         log.info("loaded nnU-Net model %s (folds %s, %s) on %s%s", model_dir.name, list(folds), checkpoint, device,
                  f" with the lesion typer of {typer_dir}" if typer_dir is not None else "")
 
@@ -269,17 +279,21 @@ class NnUNetBackend:
     def lesion_typer(self) -> LesionTyper | None:
         return typer_callable(self._typer) if self._typer is not None else None
 
+    def typer_feature_grid(self) -> FeatureGrid | None:
+        return self._typer_grid
 
-def load_typer_folder(typer_dir: Path) -> torch.nn.Module:
+
+def load_typer_folder(typer_dir: Path) -> tuple[torch.nn.Module, FeatureGrid]:
     """The lesion typer of a livernode model folder (its model card's ``typer`` entry), for
-    ``model.typer_dir``; a folder without one, or a wrong or corrupt file, raises ModelLoadError."""
+    ``model.typer_dir``, and the grid its features were computed on (the folder's working grid);
+    a folder without one, or a wrong or corrupt file, raises ModelLoadError."""
     if not typer_dir.is_dir():
         raise ModelLoadError(f"{typer_dir}: typer folder not found (model.typer_dir)")
     card = read_model_card(typer_dir)
     if card.typer is None:
         raise ModelLoadError(f"{typer_dir / MODEL_CARD_NAME}: no 'typer' entry; model.typer_dir must name a "
                              "livernode model folder with a lesion typer (livernode train typer adds one)")
-    return load_typer(verified_weights_path(typer_dir, card.typer), card.typer.spec)
+    return load_typer(verified_weights_path(typer_dir, card.typer), card.typer.spec), FeatureGrid.of(card.preprocessing)
 
 
 def load_backend(config: BackendConfig, bundled_dir: Path) -> SegmentationBackend:

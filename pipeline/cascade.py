@@ -43,6 +43,7 @@ from pipeline.reclassify import PatchModel, ReclassifyOutcome, ReclassifyResult,
 from pipeline.seg2det import paint_lesions, seg2det
 from pipeline.sensitivity import MultiSensitivityResult, scaled_argmax, validate_probabilities
 from pipeline.shuffle import PatchSource, ShuffleSettings
+from pipeline.typer_grid import FeatureGrid
 from pipeline.types import (
     PHASE_ORDER,
     Decision,
@@ -185,6 +186,7 @@ def run_cascade(
     connectivity_2d: int = 8,
     batch_size: int = 8,
     lesion_typer: LesionTyper | None = None,
+    typer_grid: FeatureGrid | None = None,
 ) -> CascadeResult:
     """Run steps 2-9 of the cascade on one study.
 
@@ -192,7 +194,8 @@ def run_cascade(
     volumes of the phases present in the canonical order NC, AP, VP, DP. Voxels outside the liver
     of each patch are set to ``patch_fill_value``. With a ``lesion_typer`` the lesions kept by
     reclassification are judged again (:mod:`pipeline.lesion_typer`): those it calls "not a lesion"
-    are dropped, the others take the type it gives them.
+    are dropped, the others take the type it gives them; ``typer_grid`` is the grid the typer
+    was trained on, when it may differ from `geometry` (:mod:`pipeline.typer_grid`).
     """
     _check_inputs(probabilities, hu_by_phase, geometry)
     timings: dict[str, float] = {}
@@ -243,8 +246,10 @@ def run_cascade(
         # The high-sensitivity set must not miss: there the typer only types (an infinite
         # sensitivity never drops); what it drops at base sensitivity alone makes the joint
         # verdict uncertain instead of silently normal.
-        base_typed = retype_lesions(base_recls, hu, base_labels, geometry, lesion_typer, sensitivity=base_f)
-        high_typed = retype_lesions(high_recls, hu, high_labels, geometry, lesion_typer, sensitivity=math.inf)
+        base_typed = retype_lesions(base_recls, hu, base_labels, geometry, lesion_typer, sensitivity=base_f,
+                                    feature_grid=typer_grid)
+        high_typed = retype_lesions(high_recls, hu, high_labels, geometry, lesion_typer, sensitivity=math.inf,
+                                    feature_grid=typer_grid)
         base_recls, high_recls = base_typed.kept, high_typed.kept
         for name, typed in (("base", base_typed), ("high", high_typed)):
             decisions.append(Decision("lesion typing", f"{name} sensitivity",

@@ -21,6 +21,7 @@ import torch
 
 from pipeline.lesion_features import feature_count, feature_names, lesion_features, without_phases
 from pipeline.model import ModelLoadError, sha256_of
+from pipeline.typer_grid import FeatureGrid, to_feature_grid
 from pipeline.types import LESION_LABELS, Label, Lesion, LesionType, Phase, VolumeGeometry
 
 #: (N, F) feature vectors -> (N, 7) probabilities: column 0 "not a lesion", columns 1-6 the lesion
@@ -174,18 +175,26 @@ def retype_lesions(
     geometry: VolumeGeometry,
     typer: LesionTyper,
     sensitivity: float = 1.0,
+    feature_grid: FeatureGrid | None = None,
 ) -> TypingResult:
     """Judge `lesions` with the typer, at a lesion sensitivity as the cascade's label maps are
     made (paper eq. 3): the lesion types' probabilities are scaled by `sensitivity` against
     "not a lesion" and the largest wins. "Not a lesion" drops the lesion; otherwise it takes the
     most probable type. At sensitivity 4 a lesion is dropped only when the typer gives "not a
     lesion" more than 4 times the probability of its likeliest type (0.8 against 0.2);
-    ``math.inf`` never drops."""
+    ``math.inf`` never drops. With a `feature_grid` other than `geometry`'s (the typer was trained
+    on another grid) the features are computed after moving everything onto it
+    (:mod:`pipeline.typer_grid`)."""
     if sensitivity <= 0:
         raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
     if not lesions:
         return TypingResult([], [])
-    probabilities = np.asarray(typer(feature_rows(lesions, hu_by_phase, labels, geometry)))
+    if feature_grid is not None and not feature_grid.holds(geometry):
+        moved = to_feature_grid(lesions, hu_by_phase, labels, geometry, feature_grid)
+        rows = feature_rows(moved.lesions, moved.hu, moved.labels, moved.geometry)
+    else:
+        rows = feature_rows(lesions, hu_by_phase, labels, geometry)
+    probabilities = np.asarray(typer(rows))
     if probabilities.shape != (len(lesions), TYPER_CLASSES):
         raise ValueError(f"lesion typer returned shape {probabilities.shape}, expected {(len(lesions), TYPER_CLASSES)}")
     result = TypingResult([], [])

@@ -15,7 +15,8 @@ from pipeline.train_patch import patch_channels
 def cascade_on_prediction(prediction: Prediction, backend: SegmentationBackend, config: CascadeConfig) -> CascadeResult:
     """Steps 2-9 of the cascade for one prediction of `backend`. The patch size comes from the
     model's preprocessing (UNet_patch only knows the size it was trained on); the model's lesion
-    typer is used when it has one and ``config.lesion_typing`` is on."""
+    typer is used when it has one and ``config.lesion_typing`` is on, its features computed on the grid
+    it was trained on."""
     model_input = prediction.model_input
     prep = backend.preprocessing
     return run_cascade(
@@ -27,4 +28,5 @@ def cascade_on_prediction(prediction: Prediction, backend: SegmentationBackend, 
         patch_channels=patch_channels(model_input, prep),
         patch_fill_value=background_value(prep),
         lesion_typer=backend.lesion_typer() if config.lesion_typing else None,
+        typer_grid=backend.typer_feature_grid(),
     )

@@ -25,10 +25,11 @@ from pipeline.config import CascadeConfig  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
 from pipeline.lesion_features import feature_count  # noqa: E402
 from pipeline.lesion_typer import TYPER_CLASSES  # noqa: E402
-from pipeline.model import BUNDLED_MODEL_DIR, ModelLoadError, sha256_of  # noqa: E402
+from pipeline.model import BUNDLED_MODEL_DIR, ModelLoadError, read_model_card, sha256_of  # noqa: E402
 from pipeline.model_cascade import cascade_on_prediction  # noqa: E402
 from pipeline.phantom import make_phantom  # noqa: E402
 from pipeline.sitk_geometry import to_sitk  # noqa: E402
+from pipeline.typer_grid import FeatureGrid  # noqa: E402
 from pipeline.types import NUM_CLASSES, LesionType, Phase, VolumeGeometry  # noqa: E402
 from tests.support.nnunet_folder import TinyNnUNet, write_nnunet_folder  # noqa: E402
 
@@ -79,6 +80,7 @@ def test_loads_and_predicts_probabilities_on_the_study_grid(model_dir: Path) -> 
     assert backend.identity.weights_sha256 == sha256_of(model_dir / CHECKPOINT)
     assert backend.identity.version == backend.identity.weights_sha256[:12]
     assert backend.patch_model((Phase.AP, Phase.VP)) is None and backend.lesion_typer() is None
+    assert backend.typer_feature_grid() is None
 
 
 def test_extra_phases_are_ignored_and_folds_are_ensembled(model_dir: Path) -> None:
@@ -194,6 +196,9 @@ def test_typer_dir_gives_the_nnunet_backend_a_lesion_typer(phantom_prediction) -
     backend = _load(model_dir, typer_dir=str(BUNDLED_MODEL_DIR))
     typer = backend.lesion_typer()
     assert typer is not None
+    # its features are computed on the bundled working grid, not on the study grid nnU-Net answers on
+    assert backend.typer_feature_grid() == FeatureGrid.of(read_model_card(BUNDLED_MODEL_DIR).preprocessing)
+    assert not backend.typer_feature_grid().holds(prediction.model_input.geometry)
     probabilities = typer(np.zeros((2, feature_count()), dtype=np.float32))
     assert probabilities.shape == (2, TYPER_CLASSES)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
