@@ -75,35 +75,47 @@ def typer_rows(
     return np.stack(features), np.asarray(labels, dtype=np.int64)
 
 
-def false_positive_rows(
+def detection_rows(
     cases: Sequence[TrainingCase],
     prep: Preprocessing,
     predictor: WholePredictor,
     config: CascadeConfig = CascadeConfig(),
     min_volume_ml: float = 0.5,
+    found_lesions: bool = False,
     progress: Callable[[str], None] | None = None,
-) -> np.ndarray:
-    """Feature vectors (N, F) of UNet_whole's detections that touch no true lesion, at every
-    sensitivity of `config` and on the cascade's own label maps (see the module docstring); study
-    i is predicted with the i-th phase subset of a fixed cycle."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature vectors (N, F) and classes (N,) of UNet_whole's detections, at every sensitivity of
+    `config` and on the cascade's own label maps (see the module docstring); study i is predicted
+    with the i-th phase subset of a fixed cycle. Detections that touch no true lesion are class 0
+    ("not a lesion"); with `found_lesions`, those that do are rows too, of the type of the true
+    lesion they share most voxels with (the typer then also learns lesions as UNet_whole outlines
+    them)."""
     say = progress or log.info
     combos = [combo for combo, _ in TYPER_PHASE_COMBINATIONS]
     rows: list[np.ndarray] = []
+    classes: list[int] = []
     for index, case in enumerate(cases):
         subset = tuple(p for p in combos[index % len(combos)] if p in case.present) or case.present
         model_input = case_model_input(replace(case, present=subset), prep)
         maps = sensitivity_label_maps(predictor.predict(model_input), config, compute_livermax=False).label_maps
-        truth = seg2det(case.labels, case.geometry)
+        truth = {lesion.lesion_id: lesion for lesion in seg2det(case.labels, case.geometry)}
         for labels in maps.values():
             detected = seg2det(labels, case.geometry, min_volume_ml=min_volume_ml)
-            hit = {pair.second_id for pair in overlap_pairs(truth, detected)}
-            false_positives = [lesion for lesion in detected if lesion.lesion_id not in hit]
-            if false_positives:
-                rows.append(feature_rows(false_positives, model_input.hu, labels, case.geometry))
+            best: dict[int, tuple[int, int]] = {}  # detection id -> (shared voxels, true lesion id)
+            for pair in overlap_pairs(list(truth.values()), detected):
+                best[pair.second_id] = max(best.get(pair.second_id, (0, 0)), (pair.overlap_voxels, pair.first_id))
+            chosen = [lesion for lesion in detected if found_lesions or lesion.lesion_id not in best]
+            if chosen:
+                rows.append(feature_rows(chosen, model_input.hu, labels, case.geometry))
+                classes += [int(truth[best[lesion.lesion_id][1]].lesion_type) if lesion.lesion_id in best
+                            else NOT_A_LESION for lesion in chosen]
         if (index + 1) % 20 == 0 or index + 1 == len(cases):
-            say(f"typer: false positives of UNet_whole in {index + 1}/{len(cases)} studies: "
-                f"{sum(len(r) for r in rows)}")
-    return np.concatenate(rows) if rows else np.zeros((0, feature_count()), dtype=np.float32)
+            found = sum(1 for c in classes if c != NOT_A_LESION)
+            say(f"typer: detections of UNet_whole in {index + 1}/{len(cases)} studies: "
+                f"{len(classes) - found} false" + (f", {found} of true lesions" if found_lesions else ""))
+    if not rows:
+        return np.zeros((0, feature_count()), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return np.concatenate(rows), np.asarray(classes, dtype=np.int64)
 
 
 def fit_typer(
@@ -115,10 +127,12 @@ def fit_typer(
     progress: Callable[[str], None] | None = None,
     predictor: WholePredictor | None = None,
     cascade: CascadeConfig = CascadeConfig(),
+    found_lesions: bool = False,
 ) -> TyperEntry:
-    """Train the typer on `cases` (described as `describe`), with "not a lesion" rows mined by
-    `predictor` (UNet_whole) through `cascade`'s label maps when given, write its weights into
-    `model_dir` and return the model card entry for them."""
+    """Train the typer on `cases` (described as `describe`), with "not a lesion" rows (and, with
+    `found_lesions`, rows of the true lesions as detected) mined by `predictor` (UNet_whole)
+    through `cascade`'s label maps when given, write its weights into `model_dir` and return the
+    model card entry for them."""
     say = progress or log.info
     features, labels = typer_rows(cases, prep)
     counts = Counter(LesionType(int(v)).name for v in labels)
@@ -126,10 +140,13 @@ def fit_typer(
     if missing:
         say(f"typer: no training lesion of type {', '.join(missing)}; it will never give those types")
     if predictor is not None:
-        negatives = false_positive_rows(cases, prep, predictor, cascade, progress=say)
-        features = np.concatenate([features, negatives])
-        labels = np.concatenate([labels, np.full(len(negatives), NOT_A_LESION, dtype=np.int64)])
-        counts["not a lesion"] = len(negatives)
+        mined, mined_classes = detection_rows(cases, prep, predictor, cascade, found_lesions=found_lesions,
+                                              progress=say)
+        features = np.concatenate([features, mined])
+        labels = np.concatenate([labels, mined_classes])
+        counts["not a lesion"] = int(np.sum(mined_classes == NOT_A_LESION))
+        if found_lesions:
+            counts["detected lesions"] = int(np.sum(mined_classes != NOT_A_LESION))
     say(f"typer: {len(labels)} training rows from {len(cases)} studies ({dict(counts)})")
     spec = default_typer_spec()
     network = train_typer(features, labels, spec, settings, progress=say)
