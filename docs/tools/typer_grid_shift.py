@@ -29,7 +29,7 @@ from pipeline.phantom import make_phantom
 from pipeline.seg2det import seg2det
 from pipeline.cascade import sensitivity_label_maps
 from pipeline.training_data import tuning_specs
-from pipeline.typer_grid import FeatureGrid, to_feature_grid
+from pipeline.typer_grid import to_feature_grid
 from pipeline.types import LESION_LABELS, Lesion, LesionType
 
 WAYS = ("working grid", "study grid as is", "moved to the typer grid")
