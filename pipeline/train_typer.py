@@ -127,12 +127,10 @@ def fit_typer(
     progress: Callable[[str], None] | None = None,
     predictor: WholePredictor | None = None,
     cascade: CascadeConfig = CascadeConfig(),
-    found_lesions: bool = False,
 ) -> TyperEntry:
-    """Train the typer on `cases` (described as `describe`), with "not a lesion" rows (and, with
-    `found_lesions`, rows of the true lesions as detected) mined by `predictor` (UNet_whole)
-    through `cascade`'s label maps when given, write its weights into `model_dir` and return the
-    model card entry for them."""
+    """Train the typer on `cases` (described as `describe`), with "not a lesion" rows mined by
+    `predictor` (UNet_whole) through `cascade`'s label maps when given, write its weights into
+    `model_dir` and return the model card entry for them."""
     say = progress or log.info
     features, labels = typer_rows(cases, prep)
     counts = Counter(LesionType(int(v)).name for v in labels)
@@ -140,13 +138,10 @@ def fit_typer(
     if missing:
         say(f"typer: no training lesion of type {', '.join(missing)}; it will never give those types")
     if predictor is not None:
-        mined, mined_classes = detection_rows(cases, prep, predictor, cascade, found_lesions=found_lesions,
-                                              progress=say)
-        features = np.concatenate([features, mined])
-        labels = np.concatenate([labels, mined_classes])
-        counts["not a lesion"] = int(np.sum(mined_classes == NOT_A_LESION))
-        if found_lesions:
-            counts["detected lesions"] = int(np.sum(mined_classes != NOT_A_LESION))
+        negatives, classes = detection_rows(cases, prep, predictor, cascade, progress=say)
+        features = np.concatenate([features, negatives])
+        labels = np.concatenate([labels, classes])
+        counts["not a lesion"] = len(negatives)
     say(f"typer: {len(labels)} training rows from {len(cases)} studies ({dict(counts)})")
     spec = default_typer_spec()
     network = train_typer(features, labels, spec, settings, progress=say)
