@@ -40,7 +40,7 @@ from pipeline.matching import overlap_pairs
 from pipeline.model import Preprocessing, TyperEntry, read_model_card, write_model_card
 from pipeline.seg2det import seg2det
 from pipeline.train import TrainingCase, case_model_input
-from pipeline.types import LESION_LABELS, Label, LesionType
+from pipeline.types import LESION_LABELS, Label, Lesion, LesionType
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,16 @@ def typer_rows(
     return np.stack(features), np.asarray(labels, dtype=np.int64)
 
 
+def detection_classes(truth: Sequence[Lesion], detected: Sequence[Lesion]) -> list[int]:
+    """For each detection, the type of the true lesion it shares most voxels with, or
+    ``NOT_A_LESION`` when it touches none."""
+    best: dict[int, tuple[int, int]] = {}  # detection id -> (shared voxels, true lesion id)
+    for pair in overlap_pairs(truth, detected):
+        best[pair.second_id] = max(best.get(pair.second_id, (0, 0)), (pair.overlap_voxels, pair.first_id))
+    types = {lesion.lesion_id: int(lesion.lesion_type) for lesion in truth}
+    return [types[best[lesion.lesion_id][1]] if lesion.lesion_id in best else NOT_A_LESION for lesion in detected]
+
+
 def detection_rows(
     cases: Sequence[TrainingCase],
     prep: Preprocessing,
@@ -98,17 +108,14 @@ def detection_rows(
         subset = tuple(p for p in combos[index % len(combos)] if p in case.present) or case.present
         model_input = case_model_input(replace(case, present=subset), prep)
         maps = sensitivity_label_maps(predictor.predict(model_input), config, compute_livermax=False).label_maps
-        truth = {lesion.lesion_id: lesion for lesion in seg2det(case.labels, case.geometry)}
+        truth = seg2det(case.labels, case.geometry)
         for labels in maps.values():
             detected = seg2det(labels, case.geometry, min_volume_ml=min_volume_ml)
-            best: dict[int, tuple[int, int]] = {}  # detection id -> (shared voxels, true lesion id)
-            for pair in overlap_pairs(list(truth.values()), detected):
-                best[pair.second_id] = max(best.get(pair.second_id, (0, 0)), (pair.overlap_voxels, pair.first_id))
-            chosen = [lesion for lesion in detected if found_lesions or lesion.lesion_id not in best]
-            if chosen:
-                rows.append(feature_rows(chosen, model_input.hu, labels, case.geometry))
-                classes += [int(truth[best[lesion.lesion_id][1]].lesion_type) if lesion.lesion_id in best
-                            else NOT_A_LESION for lesion in chosen]
+            pairs = [(lesion, true_class) for lesion, true_class in zip(detected, detection_classes(truth, detected))
+                     if found_lesions or true_class == NOT_A_LESION]
+            if pairs:
+                rows.append(feature_rows([lesion for lesion, _ in pairs], model_input.hu, labels, case.geometry))
+                classes += [true_class for _, true_class in pairs]
         if (index + 1) % 20 == 0 or index + 1 == len(cases):
             found = sum(1 for c in classes if c != NOT_A_LESION)
             say(f"typer: detections of UNet_whole in {index + 1}/{len(cases)} studies: "

@@ -29,12 +29,11 @@ from pipeline.config import CascadeConfig
 from pipeline.inference import WholePredictor
 from pipeline.lesion_typer import (NOT_A_LESION, TyperTraining, default_typer_spec, feature_rows, train_typer,
                                    type_probabilities)
-from pipeline.matching import overlap_pairs
 from pipeline.model import Preprocessing, read_model_card
 from pipeline.seg2det import seg2det
 from pipeline.train import case_model_input
 from pipeline.train_models import whole_predictor
-from pipeline.train_typer import detection_rows, typer_rows
+from pipeline.train_typer import detection_classes, detection_rows, typer_rows
 from pipeline.training_data import PhantomCaseSpec, make_cases, tuning_specs, type_balanced_training_specs
 from pipeline.types import LesionType
 
@@ -69,16 +68,12 @@ def validation_rows(prep: Preprocessing, predictor: WholePredictor, count: int, 
             model_input = case_model_input(case, prep)
             maps = sensitivity_label_maps(predictor.predict(model_input), config,
                                           compute_livermax=False).label_maps
-            truth = {lesion.lesion_id: lesion for lesion in seg2det(case.labels, case.geometry)}
+            truth = seg2det(case.labels, case.geometry)
             for factor, labels in maps.items():
                 detected = seg2det(labels, case.geometry, min_volume_ml=0.5)
-                best: dict[int, tuple[int, int]] = {}
-                for pair in overlap_pairs(list(truth.values()), detected):
-                    best[pair.second_id] = max(best.get(pair.second_id, (0, 0)), (pair.overlap_voxels, pair.first_id))
                 if detected:
                     features.append(feature_rows(detected, model_input.hu, labels, case.geometry))
-                    classes += [int(truth[best[d.lesion_id][1]].lesion_type) if d.lesion_id in best else NOT_A_LESION
-                                for d in detected]
+                    classes += detection_classes(truth, detected)
                     sensitivities += [factor] * len(detected)
         np.savez(path, features=np.concatenate(features), classes=np.asarray(classes),
                  sensitivities=np.asarray(sensitivities))
