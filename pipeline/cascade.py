@@ -43,7 +43,7 @@ from pipeline.reclassify import PatchModel, ReclassifyOutcome, ReclassifyResult,
 from pipeline.seg2det import paint_lesions, seg2det
 from pipeline.sensitivity import MultiSensitivityResult, scaled_argmax, validate_probabilities
 from pipeline.shuffle import PatchSource, ShuffleSettings
-from pipeline.typer_grid import FeatureGrid
+from pipeline.typer_grid import FeatureGrid, hu_on_grid
 from pipeline.types import (
     PHASE_ORDER,
     Decision,
@@ -246,10 +246,13 @@ def run_cascade(
         # The high-sensitivity set must not miss: there the typer only types (an infinite
         # sensitivity never drops); what it drops at base sensitivity alone makes the joint
         # verdict uncertain instead of silently normal.
+        # on another grid than the typer's, both sets' features use the study's HU moved once
+        moved_hu = (hu_on_grid(hu, geometry, typer_grid) if typer_grid is not None and not typer_grid.holds(geometry)
+                    and (base_recls or high_recls) else None)
         base_typed = retype_lesions(base_recls, hu, base_labels, geometry, lesion_typer, sensitivity=base_f,
-                                    feature_grid=typer_grid)
+                                    feature_grid=typer_grid, moved_hu=moved_hu)
         high_typed = retype_lesions(high_recls, hu, high_labels, geometry, lesion_typer, sensitivity=math.inf,
-                                    feature_grid=typer_grid)
+                                    feature_grid=typer_grid, moved_hu=moved_hu)
         base_recls, high_recls = base_typed.kept, high_typed.kept
         for name, typed in (("base", base_typed), ("high", high_typed)):
             decisions.append(Decision("lesion typing", f"{name} sensitivity",

@@ -176,6 +176,7 @@ def retype_lesions(
     typer: LesionTyper,
     sensitivity: float = 1.0,
     feature_grid: FeatureGrid | None = None,
+    moved_hu: Mapping[Phase, np.ndarray] | None = None,
 ) -> TypingResult:
     """Judge `lesions` with the typer, at a lesion sensitivity as the cascade's label maps are
     made (paper eq. 3): the lesion types' probabilities are scaled by `sensitivity` against
@@ -184,13 +185,14 @@ def retype_lesions(
     lesion" more than 4 times the probability of its likeliest type (0.8 against 0.2);
     ``math.inf`` never drops. With a `feature_grid` other than `geometry`'s (the typer was trained
     on another grid) the features are computed after moving everything onto it
-    (:mod:`pipeline.typer_grid`)."""
+    (:mod:`pipeline.typer_grid`); `moved_hu` is ``hu_on_grid(hu_by_phase, geometry, feature_grid)``
+    when the caller has it already."""
     if sensitivity <= 0:
         raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
     if not lesions:
         return TypingResult([], [])
     if feature_grid is not None and not feature_grid.holds(geometry):
-        moved = to_feature_grid(lesions, hu_by_phase, labels, geometry, feature_grid)
+        moved = to_feature_grid(lesions, hu_by_phase, labels, geometry, feature_grid, moved_hu)
         rows = feature_rows(moved.lesions, moved.hu, moved.labels, moved.geometry)
     else:
         rows = feature_rows(lesions, hu_by_phase, labels, geometry)

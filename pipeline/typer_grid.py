@@ -94,20 +94,29 @@ def lesion_on_grid(lesion: Lesion, source_shape: tuple[int, int, int], shape: tu
     )
 
 
+def hu_on_grid(hu_by_phase: Mapping[Phase, np.ndarray], geometry: VolumeGeometry, grid: FeatureGrid) -> dict[
+        Phase, np.ndarray]:
+    """HU volumes on `geometry` resampled onto `grid` as the typer's model resamples a study."""
+    shape = working_shape(geometry, grid.spacing_mm)
+    return {phase: resample_volume(np.asarray(volume, dtype=np.float32), shape, anti_alias=grid.anti_alias)
+            for phase, volume in hu_by_phase.items()}
+
+
 def to_feature_grid(
     lesions: Sequence[Lesion],
     hu_by_phase: Mapping[Phase, np.ndarray],
     labels: np.ndarray,
     geometry: VolumeGeometry,
     grid: FeatureGrid,
+    moved_hu: Mapping[Phase, np.ndarray] | None = None,
 ) -> OnFeatureGrid:
     """Move lesions found in `labels` on `geometry`, with the HU volumes they were found in, onto
-    `grid`: HU resampled as the typer's model resamples a study, the label map by nearest voxel,
-    each lesion by :func:`lesion_on_grid` and written into the label map with its type, so the
-    liver reference around it excludes it."""
+    `grid`: HU by :func:`hu_on_grid` (or `moved_hu`, its result for these volumes, when the caller
+    moves several label maps of one study), the label map by nearest voxel, each lesion by
+    :func:`lesion_on_grid` and written into the label map with its type, so the liver reference
+    around it excludes it."""
     shape = working_shape(geometry, grid.spacing_mm)
-    hu = {phase: resample_volume(np.asarray(volume, dtype=np.float32), shape, anti_alias=grid.anti_alias)
-          for phase, volume in hu_by_phase.items()}
+    hu = dict(moved_hu) if moved_hu is not None else hu_on_grid(hu_by_phase, geometry, grid)
     moved_labels = resample_volume(np.asarray(labels, dtype=np.uint8), shape, mode="nearest")
     moved = [lesion_on_grid(lesion, geometry.shape, shape) for lesion in lesions]
     for lesion in moved:
@@ -116,4 +125,4 @@ def to_feature_grid(
     return OnFeatureGrid(moved, hu, moved_labels, resampled_geometry(geometry, shape))
 
 
-__all__ = ["FeatureGrid", "OnFeatureGrid", "SAME_GRID_TOLERANCE", "lesion_on_grid", "to_feature_grid"]
+__all__ = ["FeatureGrid", "OnFeatureGrid", "SAME_GRID_TOLERANCE", "hu_on_grid", "lesion_on_grid", "to_feature_grid"]

@@ -16,7 +16,7 @@ from pipeline.lesion_features import feature_names
 from pipeline.lesion_typer import feature_rows, retype_lesions
 from pipeline.model import BUNDLED_MODEL_DIR, Preprocessing, read_model_card
 from pipeline.seg2det import seg2det
-from pipeline.typer_grid import FeatureGrid, lesion_on_grid, to_feature_grid
+from pipeline.typer_grid import FeatureGrid, hu_on_grid, lesion_on_grid, to_feature_grid
 from pipeline.types import BoundingBox, Label, Lesion, LesionType, Phase, VolumeGeometry
 
 FINE = (1.0, 1.0, 1.0)
@@ -112,6 +112,10 @@ def test_retype_lesions_judges_features_on_the_typer_grid() -> None:
     np.testing.assert_array_equal(seen[-1], feature_rows(moved.lesions, moved.hu, moved.labels, moved.geometry))
     assert [lesion.lesion_type for lesion in typed.kept] == [LesionType.HCC]
     assert typed.kept[0].mask.shape == lesions[0].mask.shape  # the lesion itself stays on its own grid
+    grid = FeatureGrid(COARSE, anti_alias=True)
+    retype_lesions(lesions, hu, labels, geometry, typer, feature_grid=grid,
+                   moved_hu=hu_on_grid(hu, geometry, grid))  # HU moved once by the caller: the same rows
+    np.testing.assert_array_equal(seen[-1], seen[-2])
     retype_lesions(lesions, hu, labels, geometry, typer, feature_grid=FeatureGrid((1.05, 0.95, 1.0)))
     np.testing.assert_array_equal(seen[-1], feature_rows(lesions, hu, labels, geometry))  # same grid: as is
 
