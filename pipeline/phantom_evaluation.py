@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -29,14 +29,29 @@ from pipeline.types import LESION_LABELS, Label
 log = logging.getLogger(__name__)
 
 
+#: The organs and vessels besides the liver (labels 8-13), scored by :func:`organ_dice`.
+OTHER_ORGAN_LABELS: tuple[Label, ...] = tuple(Label(value) for value in range(int(Label.HEPATIC_VESSELS),
+                                                                              int(Label.STOMACH) + 1))
+
+
 @dataclass
 class PhantomEvaluation:
-    """Where the report went and the liver Dice (not part of the lesion report)."""
+    """Where the report went, and the liver and organ Dice (not part of the lesion report)."""
 
     report_json: Path
     report_markdown: Path
     liver_dice_mean: float
     liver_dice_by_case: dict[str, float]
+    #: label name -> mean Dice over the studies where the label is in the truth or the prediction
+    organ_dice_mean: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CaseDice:
+    """Dice of one evaluated case: the liver (lesions included) and the other organs present."""
+
+    liver: float
+    organs: dict[str, float]
 
 
 def _liver_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -44,10 +59,33 @@ def _liver_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return dice_per_class(np.isin(prediction, liver).astype(np.uint8), np.isin(truth, liver).astype(np.uint8), [1])[1]
 
 
+def organ_dice(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice of each of :data:`OTHER_ORGAN_LABELS` in the truth or the prediction, by label name
+    (an organ in the truth that the prediction lacks scores 0; one in neither is left out)."""
+    scores = dice_per_class(prediction, truth, [int(label) for label in OTHER_ORGAN_LABELS])
+    return {Label(value).name: score for value, score in scores.items() if not np.isnan(score)}
+
+
+def mean_organ_dice(by_case: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Per organ, the mean of its Dice over the cases that score it, in label order."""
+    return {label.name: float(np.mean(values)) for label in OTHER_ORGAN_LABELS
+            if (values := [scores[label.name] for scores in by_case.values() if label.name in scores])}
+
+
+def organ_markdown(liver_mean: float, organ_mean: Mapping[str, float], cases: int) -> str:
+    """The liver and organ Dice as a markdown section for the evaluation report."""
+    lines = ["", f"## Organs and vessels ({cases} studies)", "",
+             "Dice of the cascade's base-sensitivity label map against the truth, mean over the studies "
+             "where the label is in either; an organ the model does not label scores 0.", "",
+             "| label | mean Dice |", "|---|---|", f"| LIVER (lesions included) | {liver_mean:.4f} |"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in organ_mean.items()]
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_case(
     backend: CardBackend, case: TrainingCase, config: CascadeConfig, pred_dir: Path, truth_dir: Path
-) -> float:
-    """Run the cascade on one case, write its prediction and truth files; return its liver Dice."""
+) -> CaseDice:
+    """Run the cascade on one case, write its prediction and truth files; return its Dice."""
     prep = backend.preprocessing
     model_input = case_model_input(case, prep)
     prediction = backend.predict_model_input(model_input)
@@ -59,7 +97,7 @@ def evaluate_case(
         labels=case.labels,
         spacing_mm=np.asarray(case.geometry.spacing_mm, dtype=np.float64),
     )
-    return _liver_dice(result.base_labels, case.labels)
+    return CaseDice(_liver_dice(result.base_labels, case.labels), organ_dice(result.base_labels, case.labels))
 
 
 def evaluate_on_phantoms(
@@ -72,14 +110,17 @@ def evaluate_on_phantoms(
     cache_dir: Path | None = None,
 ) -> PhantomEvaluation:
     """Evaluate `backend` with the cascade on the phantom studies `specs`; write the report
-    (``evaluation.json``, ``evaluation.md``) and ``liver_dice.json`` to `out_dir`. `cache_dir`
+    (``evaluation.json``, ``evaluation.md`` with the organ Dice appended), ``liver_dice.json`` and
+    ``organ_dice.json`` to `out_dir`. `cache_dir`
     keeps the generated cases for the next evaluation."""
     say = progress or log.info
     pred_dir, truth_dir = out_dir / "predictions", out_dir / "truth"
     dice: dict[str, float] = {}
+    organs: dict[str, dict[str, float]] = {}
     cases = make_cases(specs, backend.preprocessing, processes, say, cache_dir=cache_dir)
     for index, (spec, case) in enumerate(zip(specs, cases), 1):
-        dice[case.case_id] = evaluate_case(backend, case, config, pred_dir, truth_dir)
+        scores = evaluate_case(backend, case, config, pred_dir, truth_dir)
+        dice[case.case_id], organs[case.case_id] = scores.liver, scores.organs
         phases = "+".join(p.value for p in spec.phases)
         say(f"evaluated {index}/{len(specs)}: {case.case_id} ({phases}, {spec.slice_thickness_mm:g} mm) "
             f"liver Dice {dice[case.case_id]:.3f}")
@@ -89,4 +130,10 @@ def evaluate_on_phantoms(
     (out_dir / "liver_dice.json").write_text(
         json.dumps({"mean": mean, "cases": dice}, indent=2) + "\n", encoding="utf-8"
     )
-    return PhantomEvaluation(json_path, md_path, mean, dice)
+    organ_mean = mean_organ_dice(organs)
+    (out_dir / "organ_dice.json").write_text(
+        json.dumps({"mean": organ_mean, "cases": organs}, indent=2) + "\n", encoding="utf-8"
+    )
+    with md_path.open("a", encoding="utf-8") as report_md:
+        report_md.write(organ_markdown(mean, organ_mean, len(dice)))
+    return PhantomEvaluation(json_path, md_path, mean, dice, organ_mean)

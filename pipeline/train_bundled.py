@@ -281,6 +281,7 @@ def train_bundled(
         **start_note,
         "validation": whole.validation,
         "held_out_liver_dice_mean": evaluation.liver_dice_mean,
+        "held_out_organ_dice_mean": evaluation.organ_dice_mean,
         "held_out_report": report,
         "held_out_studies": recipe.held_out_studies,
     }

@@ -12,6 +12,12 @@ Each variant is trained with ``--seeds`` seeds (the recipe's 3000 steps) and jud
 detections of UNet_whole at sensitivities 1 and 4 in ``--validation`` tuning studies, with all
 their phases: true lesions typed right, dropped as "not a lesion", called malignant when benign
 or the reverse; false detections kept, and kept as malignant. Rows are cached in ``--work``.
+``--blank NAME,NAME`` (repeatable) adds the recipe with those per-phase features
+(``pipeline.lesion_features.PHASE_FEATURES``) set to zero in every phase of training and
+validation rows: an ablation with one mining run, the seeds drawing the same batches. With
+``docs/experiments/typer-blood-pool-features.patch`` applied, ``--blank
+blood,p90_blood,blood_found,core_absolute`` is the typer as it is without it (docs/models.md,
+"Session 22"). ``--recipe-only`` leaves out the ``found`` variants.
 
     .venv/bin/python docs/tools/typer_training_rows.py pipeline/models/phantom-demo \\
         --train-studies 120 --extra-studies 240 --validation 48 --seeds 3
@@ -20,6 +26,7 @@ or the reverse; false detections kept, and kept as malignant. Rows are cached in
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +34,7 @@ import numpy as np
 from pipeline.cascade import sensitivity_label_maps
 from pipeline.config import CascadeConfig
 from pipeline.inference import WholePredictor
+from pipeline.lesion_features import PHASE_FEATURES, feature_names
 from pipeline.lesion_typer import (NOT_A_LESION, TyperTraining, default_typer_spec, feature_rows, train_typer,
                                    type_probabilities)
 from pipeline.model import Preprocessing, read_model_card
@@ -35,15 +43,20 @@ from pipeline.train import case_model_input
 from pipeline.train_models import whole_predictor
 from pipeline.train_typer import detection_classes, detection_rows, typer_rows
 from pipeline.training_data import PhantomCaseSpec, make_cases, tuning_specs, type_balanced_training_specs
-from pipeline.types import LesionType
+from pipeline.types import PHASE_ORDER, LesionType
 
 CHUNK = 60  # studies per cached row file (a multiple of the typer's 6 phase subsets)
+
+
+def layout_tag() -> str:
+    """A short tag of the feature layout, so cached rows of another layout are not read back."""
+    return hashlib.sha256(",".join(feature_names()).encode()).hexdigest()[:8]
 
 
 def training_rows(prep: Preprocessing, predictor: WholePredictor, specs: list[PhantomCaseSpec], name: str,
                   work: Path) -> dict[str, np.ndarray]:
     """Truth rows and detection rows (found lesions included) of `specs`, cached as one file."""
-    path = work / f"{name}.npz"
+    path = work / f"{name}-{layout_tag()}.npz"
     if not path.is_file():
         parts: dict[str, list[np.ndarray]] = {"truth_f": [], "truth_c": [], "det_f": [], "det_c": []}
         for start in range(0, len(specs), CHUNK):  # CHUNK studies in memory at a time
@@ -60,7 +73,7 @@ def training_rows(prep: Preprocessing, predictor: WholePredictor, specs: list[Ph
 
 def validation_rows(prep: Preprocessing, predictor: WholePredictor, count: int, work: Path) -> dict[str, np.ndarray]:
     """Features, true class and sensitivity of UNet_whole's detections in `count` tuning studies."""
-    path = work / f"validation-{count}.npz"
+    path = work / f"validation-{count}-{layout_tag()}.npz"
     if not path.is_file():
         config = CascadeConfig()
         features, classes, sensitivities = [], [], []
@@ -79,6 +92,18 @@ def validation_rows(prep: Preprocessing, predictor: WholePredictor, count: int, 
                  sensitivities=np.asarray(sensitivities))
     with np.load(path) as rows:
         return {key: rows[key] for key in rows.files}
+
+
+def blanked(features: np.ndarray, names: str) -> np.ndarray:
+    """A copy of `features` with the comma-separated per-phase features `names` zero in every phase."""
+    out = np.array(features, copy=True)
+    wanted = [name for name in names.split(",") if name]
+    unknown = set(wanted) - set(PHASE_FEATURES)
+    if unknown:
+        raise SystemExit(f"--blank: {sorted(unknown)} are not per-phase features {PHASE_FEATURES}")
+    all_names = feature_names()
+    out[:, [all_names.index(f"{phase.value}_{name}") for phase in PHASE_ORDER for name in wanted]] = 0.0
+    return out
 
 
 def judge(probabilities: np.ndarray, classes: np.ndarray) -> str:
@@ -106,6 +131,9 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=48)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("livernode-data/typer-rows"))
+    parser.add_argument("--blank", action="append", default=[],
+                        help="also the recipe with these per-phase features (comma-separated) set to zero")
+    parser.add_argument("--recipe-only", action="store_true", help="leave out the found-lesions variants")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     prep, predictor = read_model_card(args.model).preprocessing, whole_predictor(args.model, "auto")
@@ -121,13 +149,17 @@ def main() -> None:
     validation = validation_rows(prep, predictor, args.validation, args.work)
     for set_name, rows in sets.items():
         negatives = rows["det_c"] == NOT_A_LESION
-        variants = {
-            f"{set_name}: truth + false positives": (np.concatenate([rows["truth_f"], rows["det_f"][negatives]]),
-                                                     np.concatenate([rows["truth_c"], rows["det_c"][negatives]])),
-            f"{set_name}: + found lesions": (np.concatenate([rows["truth_f"], rows["det_f"]]),
-                                             np.concatenate([rows["truth_c"], rows["det_c"]])),
-        }
-        for name, (features, classes) in variants.items():
+        recipe = (np.concatenate([rows["truth_f"], rows["det_f"][negatives]]),
+                  np.concatenate([rows["truth_c"], rows["det_c"][negatives]]))
+        variants = {f"{set_name}: truth + false positives": (*recipe, "")}
+        for blank in args.blank:
+            variants[f"{set_name}: truth + false positives, without {blank}"] = (*recipe, blank)
+        if not args.recipe_only:
+            variants[f"{set_name}: + found lesions"] = (np.concatenate([rows["truth_f"], rows["det_f"]]),
+                                                        np.concatenate([rows["truth_c"], rows["det_c"]]), "")
+        for name, (features, classes, blank) in variants.items():
+            judged = blanked(validation["features"], blank)
+            features = blanked(features, blank)
             print(f"{name} ({len(classes)} rows, per class {np.bincount(classes, minlength=7).tolist()})")
             total: dict[float, np.ndarray] = {}
             for seed in range(args.seeds):
@@ -135,7 +167,7 @@ def main() -> None:
                 lines = []
                 for factor in sorted(set(validation["sensitivities"].tolist())):
                     at = validation["sensitivities"] == factor
-                    probabilities = type_probabilities(network, validation["features"][at])
+                    probabilities = type_probabilities(network, judged[at])
                     total[factor] = total.get(factor, 0) + probabilities
                     lines.append(f"f={factor:g}: {judge(probabilities, validation['classes'][at])}")
                 print(f"  seed {seed}: " + " | ".join(lines), flush=True)

@@ -24,6 +24,7 @@ def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) 
     assert card.metrics["whole_started_from"] == {"file": start.name, "sha256": bundled["whole"]["sha256"]}
     assert card.metrics["recipe"]["typing_studies"] == recipe.typing_studies
     assert "held_out_report" in card.metrics
+    assert {"SPLEEN", "STOMACH"} <= set(card.metrics["held_out_organ_dice_mean"])
     assert card.typer is not None and card.typer.training["studies"] == recipe.typer_studies
     assert (tmp_path / "model" / card.typer.file).is_file() and "lesion typer" in card.training_data
     assert (tmp_path / "model" / "held_out_evaluation.md").is_file()
