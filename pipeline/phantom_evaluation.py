@@ -24,14 +24,13 @@ from pipeline.evaluation_report import write_report
 from pipeline.model_cascade import cascade_on_prediction
 from pipeline.train import TrainingCase, case_model_input, dice_per_class
 from pipeline.training_data import PhantomCaseSpec, make_cases
-from pipeline.types import LESION_LABELS, Label
+from pipeline.types import LESION_LABELS, ORGAN_LABELS, Label
 
 log = logging.getLogger(__name__)
 
 
 #: The organs and vessels besides the liver (labels 8-13), scored by :func:`organ_dice`.
-OTHER_ORGAN_LABELS: tuple[Label, ...] = tuple(Label(value) for value in range(int(Label.HEPATIC_VESSELS),
-                                                                              int(Label.STOMACH) + 1))
+OTHER_ORGAN_LABELS: tuple[Label, ...] = tuple(Label(value) for value in ORGAN_LABELS if value != Label.LIVER)
 
 
 @dataclass

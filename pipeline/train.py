@@ -43,7 +43,7 @@ from pipeline.model import (
     write_model_card,
 )
 from pipeline.training_loss import SegmentationLoss
-from pipeline.types import LESION_LABELS, PHASE_ORDER, Label, Phase, VolumeGeometry
+from pipeline.types import LESION_LABELS, ORGAN_LABELS, PHASE_ORDER, Label, Phase, VolumeGeometry
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +264,10 @@ def case_model_input(case: TrainingCase, prep: Preprocessing) -> ModelInput:
 
 
 def validate(predictor: WholePredictor, cases: Sequence[TrainingCase]) -> dict[str, float]:
-    """Mean liver Dice and lesion (any type) Dice on whole validation volumes."""
-    liver, lesion = [], []
+    """Mean liver Dice, lesion (any type) Dice and organ Dice (labels 8-13, each organ the truth
+    holds, averaged per study) on whole validation volumes."""
+    liver, lesion, organs = [], [], []
+    other_organs = [label for label in ORGAN_LABELS if label != int(Label.LIVER)]
     for case in cases:
         probs = predictor.predict(case_model_input(case, predictor.prep))
         argmax = probs.argmax(axis=0).astype(np.uint8)
@@ -277,9 +279,13 @@ def validate(predictor: WholePredictor, cases: Sequence[TrainingCase]) -> dict[s
         value = dice_per_class(lesion_pred, lesion_truth, [1])[1]
         if not np.isnan(value):
             lesion.append(value)
+        held = [label for label in other_organs if (case.labels == label).any()]
+        if held:
+            organs.append(float(np.mean(list(dice_per_class(argmax, case.labels, held).values()))))
     return {
         "liver_dice": float(np.mean(liver)) if liver else float("nan"),
         "lesion_dice": float(np.mean(lesion)) if lesion else float("nan"),
+        "organ_dice": float(np.mean(organs)) if organs else float("nan"),
     }
 
 

@@ -143,7 +143,7 @@ def test_train_whole_then_patch_gives_a_loadable_model_and_resumes(tmp_path: Pat
     train_whole_model(model_dir, work, source, TrainConfig(iterations=5, batch_size=1, seed=1), TINY_SHAPE,
                       resume=True, progress=messages.append)
     card = read_model_card(model_dir)
-    assert card.whole.sha256 == weights_sha and set(card.metrics["validation"]) == {"liver_dice", "lesion_dice"}
+    assert card.whole.sha256 == weights_sha and set(card.metrics["validation"]) == {"liver_dice", "lesion_dice", "organ_dice"}
     assert any("validation at 5" in m for m in messages)
 
     patch_config = TrainConfig(iterations=2, batch_size=4, seed=3)
@@ -293,3 +293,31 @@ def test_train_whole_cli_records_anti_aliasing_and_trains_on_lesion_centred_crop
     assert card.preprocessing.target_spacing_mm == (3.5, 2.5, 2.5)
     assert card.metrics["whole_training"]["crop_centres"] == "lesions"
     assert card.metrics["whole_training"]["learning_rate"] == 5e-4
+
+
+class _AnswerPredictor:
+    """Stands in for UNet_whole in `validate`: answers a fixed label map as one-hot probabilities."""
+
+    def __init__(self, answer: np.ndarray) -> None:
+        self.answer = answer
+        self.prep = read_model_card(BUNDLED_MODEL_DIR).preprocessing
+
+    def predict(self, model_input) -> np.ndarray:
+        return np.eye(NUM_CLASSES, dtype=np.float32)[self.answer].transpose(3, 0, 1, 2)
+
+
+def test_validation_scores_the_organs_and_vessels_too() -> None:
+    from pipeline.train import TrainingCase, validate
+    from pipeline.types import Label, VolumeGeometry
+
+    labels = np.full((6, 16, 16), int(Label.LIVER), dtype=np.uint8)
+    labels[:, :4, :8] = Label.SPLEEN
+    labels[:, 12:, :8] = Label.PANCREAS
+    labels[2:4, 6:9, 6:9] = Label.META
+    geometry = VolumeGeometry(shape=labels.shape, spacing_mm=(4.0, 3.0, 3.0), origin_mm=(0.0, 0.0, 0.0))
+    case = TrainingCase("c", np.zeros((4,) + labels.shape, dtype=np.float16), (Phase.VP,), labels, geometry)
+    assert validate(_AnswerPredictor(labels), [case]) == {"liver_dice": 1.0, "lesion_dice": 1.0, "organ_dice": 1.0}
+    no_pancreas = np.where(labels == Label.PANCREAS, int(Label.LIVER), labels).astype(np.uint8)
+    scores = validate(_AnswerPredictor(no_pancreas), [case])
+    assert scores["organ_dice"] == pytest.approx(0.5)  # spleen 1, pancreas 0
+    assert scores["lesion_dice"] == 1.0
