@@ -22,15 +22,11 @@ from pipeline.config import CascadeConfig
 from pipeline.evaluate import evaluate_folders
 from pipeline.evaluation_report import write_report
 from pipeline.model_cascade import cascade_on_prediction
-from pipeline.train import TrainingCase, case_model_input, dice_per_class
+from pipeline.train import TrainingCase, case_model_input, dice_per_class, organ_dice
 from pipeline.training_data import PhantomCaseSpec, make_cases
-from pipeline.types import LESION_LABELS, ORGAN_LABELS, Label
+from pipeline.types import LESION_LABELS, OTHER_ORGAN_LABELS, Label
 
 log = logging.getLogger(__name__)
-
-
-#: The organs and vessels besides the liver (labels 8-13), scored by :func:`organ_dice`.
-OTHER_ORGAN_LABELS: tuple[Label, ...] = tuple(Label(value) for value in ORGAN_LABELS if value != Label.LIVER)
 
 
 @dataclass
@@ -56,13 +52,6 @@ class CaseDice:
 def _liver_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     liver = (int(Label.LIVER),) + LESION_LABELS
     return dice_per_class(np.isin(prediction, liver).astype(np.uint8), np.isin(truth, liver).astype(np.uint8), [1])[1]
-
-
-def organ_dice(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Dice of each of :data:`OTHER_ORGAN_LABELS` in the truth or the prediction, by label name
-    (an organ in the truth that the prediction lacks scores 0; one in neither is left out)."""
-    scores = dice_per_class(prediction, truth, [int(label) for label in OTHER_ORGAN_LABELS])
-    return {Label(value).name: score for value, score in scores.items() if not np.isnan(score)}
 
 
 def mean_organ_dice(by_case: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

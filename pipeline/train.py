@@ -43,7 +43,7 @@ from pipeline.model import (
     write_model_card,
 )
 from pipeline.training_loss import SegmentationLoss
-from pipeline.types import LESION_LABELS, ORGAN_LABELS, PHASE_ORDER, Label, Phase, VolumeGeometry
+from pipeline.types import LESION_LABELS, OTHER_ORGAN_LABELS, PHASE_ORDER, Label, Phase, VolumeGeometry
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +249,14 @@ def dice_per_class(prediction: np.ndarray, truth: np.ndarray, labels: Iterable[i
     return out
 
 
+def organ_dice(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice of each of the organs and vessels besides the liver (labels 8-13) that the truth or the
+    prediction holds, by label name (an organ in the truth that the prediction lacks, or the
+    reverse, scores 0; one in neither is left out)."""
+    scores = dice_per_class(prediction, truth, [int(label) for label in OTHER_ORGAN_LABELS])
+    return {Label(value).name: score for value, score in scores.items() if not np.isnan(score)}
+
+
 def case_model_input(case: TrainingCase, prep: Preprocessing) -> ModelInput:
     """The network input of a case with all its phases (HU recovered from the normalised phases,
     so clipped to the preprocessing window)."""
@@ -264,10 +272,9 @@ def case_model_input(case: TrainingCase, prep: Preprocessing) -> ModelInput:
 
 
 def validate(predictor: WholePredictor, cases: Sequence[TrainingCase]) -> dict[str, float]:
-    """Mean liver Dice, lesion (any type) Dice and organ Dice (labels 8-13, each organ the truth
-    holds, averaged per study) on whole validation volumes."""
+    """Mean liver Dice, lesion (any type) Dice and organ Dice (:func:`organ_dice` averaged per
+    study, then over studies) on whole validation volumes."""
     liver, lesion, organs = [], [], []
-    other_organs = [label for label in ORGAN_LABELS if label != int(Label.LIVER)]
     for case in cases:
         probs = predictor.predict(case_model_input(case, predictor.prep))
         argmax = probs.argmax(axis=0).astype(np.uint8)
@@ -279,9 +286,9 @@ def validate(predictor: WholePredictor, cases: Sequence[TrainingCase]) -> dict[s
         value = dice_per_class(lesion_pred, lesion_truth, [1])[1]
         if not np.isnan(value):
             lesion.append(value)
-        held = [label for label in other_organs if (case.labels == label).any()]
-        if held:
-            organs.append(float(np.mean(list(dice_per_class(argmax, case.labels, held).values()))))
+        scores = organ_dice(argmax, case.labels)
+        if scores:
+            organs.append(float(np.mean(list(scores.values()))))
     return {
         "liver_dice": float(np.mean(liver)) if liver else float("nan"),
         "lesion_dice": float(np.mean(lesion)) if lesion else float("nan"),

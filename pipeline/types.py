@@ -86,6 +86,8 @@ _LESION_DISPLAY_NAMES = {
 
 LESION_LABELS: tuple[int, ...] = tuple(int(t) for t in LesionType)
 ORGAN_LABELS: tuple[int, ...] = tuple(range(int(Label.LIVER), int(Label.STOMACH) + 1))
+#: The organs and vessels besides the liver (labels 8-13).
+OTHER_ORGAN_LABELS: tuple[Label, ...] = tuple(Label(value) for value in ORGAN_LABELS if value != Label.LIVER)
 NUM_CLASSES = 14
 
 

@@ -1,12 +1,13 @@
-"""Organ and vessel Dice of the phantom evaluation: which labels count, how studies are averaged,
-and the section the report gains."""
+"""Organ and vessel Dice (of training validation and the phantom evaluation): which labels count,
+how studies are averaged, and the section the evaluation report gains."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.phantom_evaluation import mean_organ_dice, organ_dice, organ_markdown
+from pipeline.phantom_evaluation import mean_organ_dice, organ_markdown
+from pipeline.train import organ_dice
 from pipeline.types import Label
 
 
