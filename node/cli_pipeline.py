@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from node.settings import load_settings, resolve_config_path
+from node.settings import SettingsError, load_settings, resolve_config_path
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -69,8 +69,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         if args.spacing and args.what != "whole":
             raise ValueError("--spacing applies to 'whole' only (patch and typer use their model folder's grid)")
+        if args.miner_config and args.what != "typer":
+            raise ValueError("--miner-config applies to 'typer' only")
         return handlers[args.what](args)
-    except (PipelineError, ModelLoadError, ValueError) as error:
+    except (PipelineError, ModelLoadError, SettingsError, ValueError) as error:
         print(f"livernode train {args.what}: {error}", file=sys.stderr)
         return EXIT_FAILURE
 
@@ -169,10 +171,20 @@ def _train_typer(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
     source = _source(args)
     prep = read_model_card(model_dir).preprocessing
+    if args.miner_config:  # load the model first: a wrong configuration fails before the phantoms are made
+        from pipeline.backends import load_backend
+        from pipeline.model import BUNDLED_MODEL_DIR
+        from pipeline.train_typer import BackendMiner
+
+        backend = load_backend(load_settings(Path(args.miner_config)).model, BUNDLED_MODEL_DIR)
+        predictor, phase_subsets = BackendMiner(backend), False
+        mined_with = f"{backend.identity.name} ({args.miner_config})"
+    else:
+        predictor, mined_with, phase_subsets = whole_predictor(model_dir, args.device), "the folder's UNet_whole", True
     cases, _ = source.load(prep, Path(args.work_dir), print)
     settings = TyperTraining(iterations=args.iterations or TyperTraining().iterations)
-    card = train_typer_model(model_dir, cases, source.describe(), settings, progress=print,
-                             predictor=whole_predictor(model_dir, args.device))
+    card = train_typer_model(model_dir, cases, source.describe(), settings, progress=print, predictor=predictor,
+                             mined_with=mined_with, phase_subsets=phase_subsets)
     print(f"wrote {card}")
     return EXIT_OK
 
@@ -237,6 +249,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--spacing", metavar="Z,Y,X",
                        help="whole: working grid spacing in mm (recorded in the model card's preprocessing); "
                             "with --init a fine-tune onto this grid (default: the recipe's, or --init's)")
+    train.add_argument("--miner-config", metavar="CONFIG",
+                       help="typer: mine the 'not a lesion' rows with the model this livernode configuration "
+                            "file's model section loads (e.g. the nnU-Net model that will use this typer through "
+                            "model.typer_dir) instead of the folder's own UNet_whole")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")

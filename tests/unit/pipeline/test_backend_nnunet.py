@@ -1,7 +1,8 @@
 """The nnU-Net v2 backend against a real nnunetv2 install: a tiny trained-model folder written as
 nnU-Net writes one (tests/support/nnunet_folder.py) is loaded and predicts, its input matches what
 nnU-Net reads from a dataset's NIfTI files, broken folders fail naming the file, and the cascade
-runs on its prediction, with and without a lesion typer from ``model.typer_dir``."""
+runs on its prediction, with and without a lesion typer from ``model.typer_dir``; the typer can be
+trained on its own false positives (``livernode train typer --miner-config``)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ from pipeline.model import BUNDLED_MODEL_DIR, ModelLoadError, read_model_card, s
 from pipeline.model_cascade import cascade_on_prediction  # noqa: E402
 from pipeline.phantom import make_phantom  # noqa: E402
 from pipeline.sitk_geometry import to_sitk  # noqa: E402
+from pipeline.train import TrainingCase  # noqa: E402
 from pipeline.typer_grid import FeatureGrid  # noqa: E402
-from pipeline.types import NUM_CLASSES, LesionType, Phase, VolumeGeometry  # noqa: E402
+from pipeline.types import NUM_CLASSES, PHASE_ORDER, LesionType, Phase, VolumeGeometry  # noqa: E402
 from tests.support.nnunet_folder import TinyNnUNet, write_nnunet_folder  # noqa: E402
 
 # anisotropic and off the plans' spacing (3, 2, 2), so nnU-Net resamples both ways
@@ -233,3 +235,50 @@ def test_typer_dir_problems_are_named(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a readable PyTorch weights file") as caught:
         _load(model_dir, typer_dir=str(corrupt))
     assert str(typer_file) in str(caught.value)
+
+
+def _training_case(phantom, present: tuple[Phase, ...], prep) -> TrainingCase:
+    """The phantom as a typer training case on its own grid (phases normalised as prepared input is)."""
+    phases = np.zeros((len(PHASE_ORDER),) + phantom.geometry.shape, np.float16)
+    for phase in present:
+        clipped = np.clip(phantom.hu[phase], prep.hu_min, prep.hu_max)
+        phases[PHASE_ORDER.index(phase)] = (clipped - prep.hu_center) / prep.hu_scale
+    return TrainingCase(f"phantom-{'+'.join(p.value for p in present)}", phases, present, phantom.labels,
+                        phantom.geometry)
+
+
+def test_train_typer_mines_the_nnunet_models_own_false_positives(phantom_prediction, tmp_path: Path) -> None:
+    from pipeline.lesion_typer import TyperTraining
+    from pipeline.model import Preprocessing
+    from pipeline.train_typer import BackendMiner, fit_typer
+
+    model_dir, phantom, _ = phantom_prediction
+    prep = Preprocessing(target_spacing_mm=phantom.geometry.spacing_mm)
+    cases = [_training_case(phantom, (Phase.AP, Phase.VP), prep), _training_case(phantom, (Phase.VP,), prep)]
+    messages: list[str] = []
+    entry = fit_typer(tmp_path, cases, prep, "one phantom", TyperTraining(iterations=20), messages.append,
+                      BackendMiner(_load(model_dir)), CascadeConfig(), mined_with="nnU-Net test model",
+                      phase_subsets=False)
+    # the untrained network's lesion voxels away from the true lesions are its false positives
+    assert entry.training["rows_by_type"]["not a lesion"] > 0
+    assert entry.training["false_positives_from"] == "nnU-Net test model"
+    assert any("study 2 skipped" in m and "missing ['AP']" in m for m in messages)  # VP alone: not this model's input
+    assert (tmp_path / entry.file).is_file()
+
+
+def test_a_backend_that_answers_on_another_grid_cannot_mine(phantom_prediction) -> None:
+    from pipeline.inference import ModelInput
+    from pipeline.train_typer import BackendMiner
+
+    model_dir, phantom, prediction = phantom_prediction
+
+    class CoarseBackend:
+        identity = _load(model_dir).identity
+
+        def predict(self, hu_by_phase, geometry):
+            return replace(prediction, probabilities=prediction.probabilities[:, ::2])
+
+    model_input = ModelInput(image=np.zeros((1,) + phantom.geometry.shape, np.float32), hu=phantom.hu,
+                             geometry=phantom.geometry, present=(Phase.AP, Phase.VP))
+    with pytest.raises(ValueError, match="not on the typer's working grid"):
+        BackendMiner(CoarseBackend()).predict(model_input)

@@ -224,6 +224,15 @@ def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None
     assert "--spacing takes three positive millimetre values" in capsys.readouterr().err
     assert main(["train", "patch", "--phantoms", "2", "--model", str(tmp_path), "--spacing", "4,2,2"]) == 1
     assert "--spacing applies to 'whole' only" in capsys.readouterr().err
+    assert main(["train", "whole", "--phantoms", "2", "--out", str(tmp_path / "m"), "--miner-config", "x.yaml"]) == 1
+    assert "--miner-config applies to 'typer' only" in capsys.readouterr().err
+    typer = ["train", "typer", "--phantoms", "2", "--model", str(BUNDLED_MODEL_DIR), "--work", str(tmp_path / "w")]
+    assert main(typer + ["--miner-config", str(tmp_path / "absent.yaml")]) == 1
+    assert "absent.yaml" in capsys.readouterr().err
+    config = tmp_path / "nnunet.yaml"
+    config.write_text(f"model:\n  kind: nnunet\n  model_dir: {tmp_path / 'no-model'}\n", encoding="utf-8")
+    assert main(typer + ["--miner-config", str(config)]) == 1  # fails before any phantom is made
+    assert "no-model" in capsys.readouterr().err and not (tmp_path / "w").exists()
 
 
 def test_precision_selection() -> None:
