@@ -69,6 +69,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         if args.spacing and args.what != "whole":
             raise ValueError("--spacing applies to 'whole' only (patch and typer use their model folder's grid)")
+        if args.organ_weight != 1.0 and args.what != "whole":
+            raise ValueError("--organ-weight applies to 'whole' only")
         if args.miner_config and args.what != "typer":
             raise ValueError("--miner-config applies to 'typer' only")
         return handlers[args.what](args)
@@ -126,6 +128,7 @@ def _train_whole(args: argparse.Namespace) -> int:
     default_rate = 2e-3 if args.init is None else 1e-3  # a fine-tune starts at half the rate
     config = TrainConfig(iterations=args.iterations or 2000, batch_size=args.batch_size or 2,
                          lesion_class_weight=args.lesion_weight or recipe.whole_lesion_weight,
+                         organ_class_weight=args.organ_weight,
                          lesion_union_weight=recipe.lesion_union_weight if args.union_weight is None else args.union_weight,
                          device=args.device,
                          validate_every=max(1, (args.iterations or 2000) // 4), seed=1,
@@ -225,6 +228,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="whole: learning rate (default 2e-3 from scratch, 1e-3 with --init)")
     train.add_argument("--batch-size", type=int, help="batch size (default: whole 2, patch 16)")
     train.add_argument("--lesion-weight", type=float, help="loss weight of the lesion classes (whole 2, patch 3)")
+    train.add_argument("--organ-weight", type=float, default=1.0,
+                       help="whole: loss weight of the organs and vessels besides the liver (labels 8-13; default 1)")
     train.add_argument("--union-weight", type=float,
                        help="weight of the 'any lesion' Dice term of the loss (default 1; 0: per-class terms only)")
     train.add_argument("--validation-fraction", type=float, default=0.1, help="patients held out for validation")

@@ -43,7 +43,7 @@ from pipeline.model import (
     write_model_card,
 )
 from pipeline.training_loss import SegmentationLoss
-from pipeline.types import LESION_LABELS, OTHER_ORGAN_LABELS, PHASE_ORDER, Label, Phase, VolumeGeometry
+from pipeline.types import LESION_LABELS, NUM_CLASSES, OTHER_ORGAN_LABELS, PHASE_ORDER, Label, Phase, VolumeGeometry
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,9 @@ class TrainConfig:
     device: str = "auto"
     #: weight of the lesion classes (1-6) in the loss, against 1 for every other class.
     lesion_class_weight: float = 1.0
+    #: weight of the organs and vessels besides the liver (labels 8-13) in UNet_whole's loss; the
+    #: bundled recipe's 1 never taught it vessels, gallbladder or pancreas (docs/models.md)
+    organ_class_weight: float = 1.0
     #: weight of the soft Dice of the lesion-class union ("any lesion"; pipeline.training_loss)
     lesion_union_weight: float = 0.0
     #: auto: bfloat16 autocast where the hardware runs it fast (pipeline.model.bf16_supported)
@@ -333,8 +336,10 @@ def train_network(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=config.iterations, pct_start=0.1
     )
+    organs = [int(label) for label in OTHER_ORGAN_LABELS] if spec.out_channels == NUM_CLASSES else []
     loss_fn = SegmentationLoss(spec.out_channels, LESION_LABELS, config.lesion_class_weight,
-                               config.lesion_union_weight).to(device)
+                               config.lesion_union_weight, organ_labels=organs,
+                               organ_class_weight=config.organ_class_weight).to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / f"{Path(weights_name).stem}.checkpoint.pt"
     start = 0

@@ -18,7 +18,8 @@ from monai.losses import DiceCELoss
 
 
 class SegmentationLoss(torch.nn.Module):
-    """DiceCE over all classes plus ``union_weight`` x soft Dice of the lesion-class union."""
+    """DiceCE over all classes plus ``union_weight`` x soft Dice of the lesion-class union; the
+    lesion classes weigh ``lesion_class_weight`` and ``organ_labels`` ``organ_class_weight``."""
 
     def __init__(
         self,
@@ -27,12 +28,17 @@ class SegmentationLoss(torch.nn.Module):
         lesion_class_weight: float = 1.0,
         union_weight: float = 0.0,
         smooth: float = 1e-5,
+        organ_labels: Sequence[int] = (),
+        organ_class_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if union_weight < 0:
             raise ValueError(f"union_weight must be >= 0, got {union_weight}")
+        if lesion_class_weight <= 0 or organ_class_weight <= 0:
+            raise ValueError(f"class weights must be > 0, got lesion {lesion_class_weight}, organ {organ_class_weight}")
         weight = torch.ones(num_classes)
         weight[list(lesion_labels)] = lesion_class_weight
+        weight[list(organ_labels)] = organ_class_weight
         self.per_class = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
                                     weight=weight)
         self.register_buffer("lesion_index", torch.as_tensor(list(lesion_labels), dtype=torch.long))

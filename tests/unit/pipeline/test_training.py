@@ -226,6 +226,8 @@ def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None
     assert "--spacing applies to 'whole' only" in capsys.readouterr().err
     assert main(["train", "whole", "--phantoms", "2", "--out", str(tmp_path / "m"), "--miner-config", "x.yaml"]) == 1
     assert "--miner-config applies to 'typer' only" in capsys.readouterr().err
+    assert main(["train", "patch", "--phantoms", "2", "--model", str(tmp_path), "--organ-weight", "4"]) == 1
+    assert "--organ-weight applies to 'whole' only" in capsys.readouterr().err
     typer = ["train", "typer", "--phantoms", "2", "--model", str(BUNDLED_MODEL_DIR), "--work", str(tmp_path / "w")]
     assert main(typer + ["--miner-config", str(tmp_path / "absent.yaml")]) == 1
     assert "absent.yaml" in capsys.readouterr().err

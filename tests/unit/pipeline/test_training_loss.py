@@ -63,3 +63,17 @@ def test_works_for_the_patch_network_classes_and_rejects_a_negative_weight() -> 
     assert float(value) < 0.05
     with pytest.raises(ValueError, match="union_weight"):
         SegmentationLoss(NUM_CLASSES, LESION_LABELS, union_weight=-1.0)
+
+
+def test_organ_weights_are_monai_class_weights_of_the_organs_besides_the_liver() -> None:
+    label = _labels()
+    logits = torch.randn(1, NUM_CLASSES, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    weight = torch.ones(NUM_CLASSES)
+    weight[list(LESION_LABELS)] = 2.0
+    weight[8:14] = 5.0
+    reference = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True, weight=weight)
+    ours = SegmentationLoss(NUM_CLASSES, LESION_LABELS, lesion_class_weight=2.0, organ_labels=range(8, 14),
+                            organ_class_weight=5.0)
+    assert torch.allclose(ours(logits, label), reference(logits, label))
+    with pytest.raises(ValueError, match="class weights must be > 0"):
+        SegmentationLoss(NUM_CLASSES, LESION_LABELS, organ_labels=range(8, 14), organ_class_weight=0.0)
