@@ -180,14 +180,12 @@ def _train_typer(args: argparse.Namespace) -> int:
         from pipeline.train_typer import BackendMiner
 
         backend = load_backend(load_settings(Path(args.miner_config)).model, BUNDLED_MODEL_DIR)
-        predictor, phase_subsets = BackendMiner(backend), False
-        mined_with = f"{backend.identity.name} ({args.miner_config})"
+        predictor = BackendMiner(backend, f"{backend.identity.name} ({args.miner_config})")
     else:
-        predictor, mined_with, phase_subsets = whole_predictor(model_dir, args.device), "the folder's UNet_whole", True
+        predictor = whole_predictor(model_dir, args.device)
     cases, _ = source.load(prep, Path(args.work_dir), print)
     settings = TyperTraining(iterations=args.iterations or TyperTraining().iterations)
-    card = train_typer_model(model_dir, cases, source.describe(), settings, progress=print, predictor=predictor,
-                             mined_with=mined_with, phase_subsets=phase_subsets)
+    card = train_typer_model(model_dir, cases, source.describe(), settings, progress=print, predictor=predictor)
     print(f"wrote {card}")
     return EXIT_OK
 

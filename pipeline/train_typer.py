@@ -71,6 +71,11 @@ class BackendMiner:
     label maps need."""
 
     backend: SegmentationBackend
+    #: what the model card records as the source of the false positives (default: the model's name)
+    name: str = ""
+
+    def describe(self) -> str:
+        return self.name or self.backend.identity.name
 
     def predict(self, model_input: ModelInput) -> np.ndarray:
         probabilities = self.backend.predict(dict(model_input.hu), model_input.geometry).probabilities
@@ -179,13 +184,11 @@ def fit_typer(
     progress: Callable[[str], None] | None = None,
     predictor: CasePredictor | None = None,
     cascade: CascadeConfig = CascadeConfig(),
-    *,
-    mined_with: str = "the folder's UNet_whole",
-    phase_subsets: bool = True,
 ) -> TyperEntry:
     """Train the typer on `cases` (described as `describe`), with "not a lesion" rows mined by
-    `predictor` (`mined_with`: UNet_whole, or a :class:`BackendMiner`) through `cascade`'s label
-    maps when given, write its weights into `model_dir` and return the model card entry for them."""
+    `predictor` (UNet_whole, or a :class:`BackendMiner`, which sees each study with all its phases)
+    through `cascade`'s label maps when given, write its weights into `model_dir` and return the
+    model card entry for them."""
     say = progress or log.info
     features, labels = typer_rows(cases, prep)
     counts = Counter(LesionType(int(v)).name for v in labels)
@@ -194,7 +197,7 @@ def fit_typer(
         say(f"typer: no training lesion of type {', '.join(missing)}; it will never give those types")
     if predictor is not None:
         negatives, classes = detection_rows(cases, prep, predictor, cascade, progress=say,
-                                            phase_subsets=phase_subsets)
+                                            phase_subsets=not isinstance(predictor, BackendMiner))
         features = np.concatenate([features, negatives])
         labels = np.concatenate([labels, classes])
         counts["not a lesion"] = len(negatives)
@@ -202,7 +205,8 @@ def fit_typer(
     spec = default_typer_spec()
     network = train_typer(features, labels, spec, settings, progress=say)
     sha256 = save_typer(network, model_dir / TYPER_FILE)
-    mined = {"false_positives_from": mined_with} if predictor is not None else {}
+    mined = {} if predictor is None else {
+        "false_positives_from": predictor.describe() if isinstance(predictor, BackendMiner) else "the folder's UNet_whole"}
     return TyperEntry(file=TYPER_FILE, sha256=sha256, spec=spec.to_json(),
                       training={**asdict(settings), "training_data": describe, "studies": len(cases),
                                 "rows_by_type": dict(counts), **mined})
@@ -215,16 +219,12 @@ def train_typer_model(
     settings: TyperTraining = TyperTraining(),
     progress: Callable[[str], None] | None = None,
     predictor: CasePredictor | None = None,
-    *,
-    mined_with: str = "the folder's UNet_whole",
-    phase_subsets: bool = True,
 ) -> Path:
     """Train the typer on `cases` (with "not a lesion" rows mined by `predictor` when given; see
     :func:`fit_typer`) and add it to the model folder's card (replacing one it had). Returns the
     model card path."""
     card = read_model_card(model_dir)
-    entry = fit_typer(model_dir, cases, card.preprocessing, describe, settings, progress, predictor,
-                      mined_with=mined_with, phase_subsets=phase_subsets)
+    entry = fit_typer(model_dir, cases, card.preprocessing, describe, settings, progress, predictor)
     path = write_model_card(model_dir, replace(card, typer=entry))
     (progress or log.info)(f"lesion typer added to {model_dir}")
     return path

@@ -257,8 +257,7 @@ def test_train_typer_mines_the_nnunet_models_own_false_positives(phantom_predict
     cases = [_training_case(phantom, (Phase.AP, Phase.VP), prep), _training_case(phantom, (Phase.VP,), prep)]
     messages: list[str] = []
     entry = fit_typer(tmp_path, cases, prep, "one phantom", TyperTraining(iterations=20), messages.append,
-                      BackendMiner(_load(model_dir)), CascadeConfig(), mined_with="nnU-Net test model",
-                      phase_subsets=False)
+                      BackendMiner(_load(model_dir), "nnU-Net test model"), CascadeConfig())
     # the untrained network's lesion voxels away from the true lesions are its false positives
     assert entry.training["rows_by_type"]["not a lesion"] > 0
     assert entry.training["false_positives_from"] == "nnU-Net test model"
