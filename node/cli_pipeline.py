@@ -73,6 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("--organ-weight applies to 'whole' only")
         if args.miner_config and args.what != "typer":
             raise ValueError("--miner-config applies to 'typer' only")
+        if args.typer_grid and args.what != "typer":
+            raise ValueError("--typer-grid applies to 'typer' only")
         return handlers[args.what](args)
     except (PipelineError, ModelLoadError, SettingsError, ValueError) as error:
         print(f"livernode train {args.what}: {error}", file=sys.stderr)
@@ -163,6 +165,25 @@ def _train_patch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _typer_grid(text: str | None, prep):
+    """--typer-grid: None -> the default of new typers (the working grid, HU from the study,
+    anti-aliased); 'working' -> None (the working grid's own HU); 'Z,Y,X' -> that spacing,
+    anti-aliased, HU from the study."""
+    from pipeline.typer_grid import FeatureGrid, study_feature_grid
+
+    if text is None:
+        return study_feature_grid(prep)
+    if text == "working":
+        return None
+    try:
+        spacing = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        spacing = ()
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"--typer-grid takes three positive millimetre values Z,Y,X or 'working', not {text!r}")
+    return FeatureGrid(spacing, anti_alias=True, from_study=True)  # type: ignore[arg-type]
+
+
 def _train_typer(args: argparse.Namespace) -> int:
     from pipeline.lesion_typer import TyperTraining
     from pipeline.model import read_model_card
@@ -174,6 +195,7 @@ def _train_typer(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
     source = _source(args)
     prep = read_model_card(model_dir).preprocessing
+    grid = _typer_grid(args.typer_grid, prep)
     if args.miner_config:  # load the model first: a wrong configuration fails before the phantoms are made
         from pipeline.backends import load_backend
         from pipeline.model import BUNDLED_MODEL_DIR
@@ -183,9 +205,10 @@ def _train_typer(args: argparse.Namespace) -> int:
         predictor = BackendMiner(backend, f"{backend.identity.name} ({args.miner_config})")
     else:
         predictor = whole_predictor(model_dir, args.device)
-    cases, _ = source.load(prep, Path(args.work_dir), print)
+    studies = source.typer_studies(prep, Path(args.work_dir), print, with_study=grid is not None and grid.from_study)
     settings = TyperTraining(iterations=args.iterations or TyperTraining().iterations)
-    card = train_typer_model(model_dir, cases, source.describe(), settings, progress=print, predictor=predictor)
+    card = train_typer_model(model_dir, studies, source.describe(), settings, progress=print, predictor=predictor,
+                             feature_grid=grid)
     print(f"wrote {card}")
     return EXIT_OK
 
@@ -256,6 +279,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="typer: mine the 'not a lesion' rows with the model this livernode configuration "
                             "file's model section loads (e.g. the nnU-Net model that will use this typer through "
                             "model.typer_dir) instead of the folder's own UNet_whole")
+    train.add_argument("--typer-grid", metavar="Z,Y,X|working",
+                       help="typer: the grid its features are read on, from the study's own volumes "
+                            "(anti-aliased; default: the model folder's working grid spacing), or 'working': "
+                            "the working grid's own HU (typers before session 23)")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")

@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -24,6 +24,7 @@ from pipeline.inference import ModelInput, WholePredictor, make_patch_model, pre
 from pipeline.lesion_typer import LesionTyper, load_typer, typer_callable
 from pipeline.model import (
     MODEL_CARD_NAME,
+    ModelCard,
     PATCH_NETWORK,
     WHOLE_NETWORK,
     ModelLoadError,
@@ -36,7 +37,7 @@ from pipeline.model import (
     use_bf16,
     verified_weights_path,
 )
-from pipeline.typer_grid import FeatureGrid
+from pipeline.typer_grid import FeatureGrid, StudyHU
 from pipeline.types import NUM_CLASSES, ModelIdentity, Phase, VolumeGeometry
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class Prediction:
 
     probabilities: np.ndarray  # float16 (14, Z, Y, X) softmax
     model_input: ModelInput
+    #: the registered phases on the study's own grid, for a lesion typer that reads its HU there
+    #: (None when the prediction was made from a working-grid input)
+    study: StudyHU | None = None
 
 
 class SegmentationBackend(Protocol):
@@ -115,13 +119,14 @@ class CardBackend:
             self._typer, self._typer_grid = load_typer_folder(typer_dir)
         elif card.typer is not None:
             self._typer = load_typer(verified_weights_path(model_dir, card.typer), card.typer.spec)
-            self._typer_grid = FeatureGrid.of(card.preprocessing)
+            self._typer_grid = typer_feature_grid(card, model_dir)
         log.info("loaded model %s %s (%s) on %s%s%s", card.name, card.version, card.format, device,
                  " with bfloat16 autocast" if self.bf16 else "",
                  f", the lesion typer of {typer_dir}" if typer_dir is not None else "")
 
     def predict(self, hu_by_phase: dict[Phase, np.ndarray], geometry: VolumeGeometry) -> Prediction:
-        return self.predict_model_input(prepare_input(hu_by_phase, geometry, self.preprocessing))
+        prediction = self.predict_model_input(prepare_input(hu_by_phase, geometry, self.preprocessing))
+        return replace(prediction, study=StudyHU(dict(hu_by_phase), geometry))
 
     def predict_model_input(self, model_input: ModelInput) -> Prediction:
         """Softmax probabilities for input already on the working grid."""
@@ -271,7 +276,7 @@ class NnUNetBackend:
             image=image, hu={p: hu_by_phase[p] for p in self.channel_phases}, geometry=geometry,
             present=self.channel_phases,
         )
-        return Prediction(probabilities, model_input)
+        return Prediction(probabilities, model_input, StudyHU(dict(hu_by_phase), geometry))
 
     def patch_model(self, present: tuple[Phase, ...]) -> PatchModel | None:
         return None
@@ -293,7 +298,20 @@ def load_typer_folder(typer_dir: Path) -> tuple[torch.nn.Module, FeatureGrid]:
     if card.typer is None:
         raise ModelLoadError(f"{typer_dir / MODEL_CARD_NAME}: no 'typer' entry; model.typer_dir must name a "
                              "livernode model folder with a lesion typer (livernode train typer adds one)")
-    return load_typer(verified_weights_path(typer_dir, card.typer), card.typer.spec), FeatureGrid.of(card.preprocessing)
+    return load_typer(verified_weights_path(typer_dir, card.typer), card.typer.spec), typer_feature_grid(card, typer_dir)
+
+
+def typer_feature_grid(card: ModelCard, model_dir: Path) -> FeatureGrid:
+    """The grid a card's lesion typer reads its features on: its ``typer.feature_grid``, else the
+    card's working grid (typers written before the entry existed); a malformed entry raises
+    ModelLoadError."""
+    assert card.typer is not None
+    if card.typer.feature_grid is None:
+        return FeatureGrid.of(card.preprocessing)
+    try:
+        return FeatureGrid.from_json(card.typer.feature_grid)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelLoadError(f"{model_dir / MODEL_CARD_NAME}: typer.feature_grid is invalid ({error})") from None
 
 
 def load_backend(config: BackendConfig, bundled_dir: Path) -> SegmentationBackend:

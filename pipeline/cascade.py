@@ -43,7 +43,7 @@ from pipeline.reclassify import PatchModel, ReclassifyOutcome, ReclassifyResult,
 from pipeline.seg2det import paint_lesions, seg2det
 from pipeline.sensitivity import MultiSensitivityResult, scaled_argmax, validate_probabilities
 from pipeline.shuffle import PatchSource, ShuffleSettings
-from pipeline.typer_grid import FeatureGrid, hu_on_grid
+from pipeline.typer_grid import FeatureGrid, StudyHU, typer_hu
 from pipeline.types import (
     PHASE_ORDER,
     Decision,
@@ -187,6 +187,7 @@ def run_cascade(
     batch_size: int = 8,
     lesion_typer: LesionTyper | None = None,
     typer_grid: FeatureGrid | None = None,
+    typer_study: StudyHU | None = None,
 ) -> CascadeResult:
     """Run steps 2-9 of the cascade on one study.
 
@@ -195,7 +196,9 @@ def run_cascade(
     of each patch are set to ``patch_fill_value``. With a ``lesion_typer`` the lesions kept by
     reclassification are judged again (:mod:`pipeline.lesion_typer`): those it calls "not a lesion"
     are dropped, the others take the type it gives them; ``typer_grid`` is the grid the typer
-    was trained on, when it may differ from `geometry` (:mod:`pipeline.typer_grid`).
+    was trained on, when it may differ from `geometry` (:mod:`pipeline.typer_grid`), and
+    ``typer_study`` the study's own registered phases, which a typer grid that reads the study's HU
+    needs.
     """
     _check_inputs(probabilities, hu_by_phase, geometry)
     timings: dict[str, float] = {}
@@ -246,8 +249,9 @@ def run_cascade(
         # The high-sensitivity set must not miss: there the typer only types (an infinite
         # sensitivity never drops); what it drops at base sensitivity alone makes the joint
         # verdict uncertain instead of silently normal.
-        # on another grid than the typer's, both sets' features use the study's HU moved once
-        moved_hu = (hu_on_grid(hu, geometry, typer_grid) if typer_grid is not None and not typer_grid.holds(geometry)
+        # on another grid than the typer's (or for a typer reading the study's own HU), both sets'
+        # features use the HU moved once
+        moved_hu = (typer_hu(typer_grid, hu, geometry, typer_study) if typer_grid is not None
                     and (base_recls or high_recls) else None)
         base_typed = retype_lesions(base_recls, hu, base_labels, geometry, lesion_typer, sensitivity=base_f,
                                     feature_grid=typer_grid, moved_hu=moved_hu)

@@ -184,14 +184,15 @@ def retype_lesions(
     most probable type. At sensitivity 4 a lesion is dropped only when the typer gives "not a
     lesion" more than 4 times the probability of its likeliest type (0.8 against 0.2);
     ``math.inf`` never drops. With a `feature_grid` other than `geometry`'s (the typer was trained
-    on another grid) the features are computed after moving everything onto it
-    (:mod:`pipeline.typer_grid`); `moved_hu` is ``hu_on_grid(hu_by_phase, geometry, feature_grid)``
-    when the caller has it already."""
+    on another grid, or reads the study's own HU) the features are computed after moving everything
+    onto it (:mod:`pipeline.typer_grid`); `moved_hu` is ``hu_on_grid(hu_by_phase, geometry,
+    feature_grid)`` when the caller has it already, and for a grid that reads the study's HU it
+    must be given: ``hu_on_grid(study HU, study geometry, feature_grid)``."""
     if sensitivity <= 0:
         raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
     if not lesions:
         return TypingResult([], [])
-    if feature_grid is not None and not feature_grid.holds(geometry):
+    if feature_grid is not None and feature_grid.needs_moving(geometry):
         moved = to_feature_grid(lesions, hu_by_phase, labels, geometry, feature_grid, moved_hu)
         rows = feature_rows(moved.lesions, moved.hu, moved.labels, moved.geometry)
     else:

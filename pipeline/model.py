@@ -140,6 +140,9 @@ class TyperEntry:
     sha256: str
     spec: dict[str, Any]
     training: dict[str, Any] = field(default_factory=dict)
+    #: the grid its features are read on (``pipeline.typer_grid.FeatureGrid.to_json``); None: the
+    #: card's working grid, with the working grid's HU (every typer before session 23)
+    feature_grid: dict[str, Any] | None = None
 
 
 @dataclass
@@ -188,7 +191,8 @@ def _typer_entry(data: Any, path: Path) -> TyperEntry:
     if not isinstance(data, dict) or not {"file", "sha256", "spec"} <= set(data):
         raise ModelLoadError(f"{path}: 'typer' must give 'file', 'sha256' and 'spec'")
     return TyperEntry(file=str(data["file"]), sha256=str(data["sha256"]), spec=dict(data["spec"]),
-                      training=dict(data.get("training", {})))
+                      training=dict(data.get("training", {})),
+                      feature_grid=dict(data["feature_grid"]) if data.get("feature_grid") else None)
 
 
 def read_model_card(model_dir: Path) -> ModelCard:

@@ -16,7 +16,7 @@ def cascade_on_prediction(prediction: Prediction, backend: SegmentationBackend, 
     """Steps 2-9 of the cascade for one prediction of `backend`. The patch size comes from the
     model's preprocessing (UNet_patch only knows the size it was trained on); the model's lesion
     typer is used when it has one and ``config.lesion_typing`` is on, its features computed on the grid
-    it was trained on."""
+    it was trained on (from the study's own HU, ``prediction.study``, when it reads them there)."""
     model_input = prediction.model_input
     prep = backend.preprocessing
     return run_cascade(
@@ -29,4 +29,5 @@ def cascade_on_prediction(prediction: Prediction, backend: SegmentationBackend, 
         patch_fill_value=background_value(prep),
         lesion_typer=backend.lesion_typer() if config.lesion_typing else None,
         typer_grid=backend.typer_feature_grid(),
+        typer_study=prediction.study,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -23,7 +23,9 @@ from pipeline.evaluate import evaluate_folders
 from pipeline.evaluation_report import write_report
 from pipeline.model_cascade import cascade_on_prediction
 from pipeline.train import TrainingCase, case_model_input, dice_per_class, organ_dice
-from pipeline.training_data import PhantomCaseSpec, make_cases
+from pipeline.training_data import PhantomCaseSpec
+from pipeline.typer_grid import StudyHU
+from pipeline.typer_studies import phantom_typer_studies
 from pipeline.types import LESION_LABELS, OTHER_ORGAN_LABELS, Label
 
 log = logging.getLogger(__name__)
@@ -71,12 +73,14 @@ def organ_markdown(liver_mean: float, organ_mean: Mapping[str, float], cases: in
 
 
 def evaluate_case(
-    backend: CardBackend, case: TrainingCase, config: CascadeConfig, pred_dir: Path, truth_dir: Path
+    backend: CardBackend, case: TrainingCase, config: CascadeConfig, pred_dir: Path, truth_dir: Path,
+    study: StudyHU | None = None,
 ) -> CaseDice:
-    """Run the cascade on one case, write its prediction and truth files; return its Dice."""
+    """Run the cascade on one case (with the study's own volumes, for a lesion typer that reads
+    them), write its prediction and truth files; return its Dice."""
     prep = backend.preprocessing
     model_input = case_model_input(case, prep)
-    prediction = backend.predict_model_input(model_input)
+    prediction = replace(backend.predict_model_input(model_input), study=study)
     result = cascade_on_prediction(prediction, backend, config)
     save_evaluation_npz(result, pred_dir / f"{case.case_id}.npz")
     truth_dir.mkdir(parents=True, exist_ok=True)
@@ -100,14 +104,20 @@ def evaluate_on_phantoms(
     """Evaluate `backend` with the cascade on the phantom studies `specs`; write the report
     (``evaluation.json``, ``evaluation.md`` with the organ Dice appended), ``liver_dice.json`` and
     ``organ_dice.json`` to `out_dir`. `cache_dir`
-    keeps the generated cases for the next evaluation."""
+    keeps the generated cases for the next evaluation; for a lesion typer that reads the study's
+    own HU every study is generated again (its own volumes are not cached)."""
     say = progress or log.info
     pred_dir, truth_dir = out_dir / "predictions", out_dir / "truth"
     dice: dict[str, float] = {}
     organs: dict[str, dict[str, float]] = {}
-    cases = make_cases(specs, backend.preprocessing, processes, say, cache_dir=cache_dir)
-    for index, (spec, case) in enumerate(zip(specs, cases), 1):
-        scores = evaluate_case(backend, case, config, pred_dir, truth_dir)
+    grid = backend.typer_feature_grid()
+    with_study = config.lesion_typing and grid is not None and grid.from_study
+    if with_study:
+        say(f"the lesion typer reads the study's own HU ({grid.describe()}): every study is generated again")
+    studies = phantom_typer_studies(specs, backend.preprocessing, with_study, processes, say, cache_dir=cache_dir)
+    for index, (spec, study) in enumerate(zip(specs, studies), 1):
+        case = study.case
+        scores = evaluate_case(backend, case, config, pred_dir, truth_dir, study.study)
         dice[case.case_id], organs[case.case_id] = scores.liver, scores.organs
         phases = "+".join(p.value for p in spec.phases)
         say(f"evaluated {index}/{len(specs)}: {case.case_id} ({phases}, {spec.slice_thickness_mm:g} mm) "

@@ -35,6 +35,8 @@ from pipeline.phantom_evaluation import evaluate_on_phantoms
 from pipeline.train import TrainConfig, TrainResult, train_network, write_card
 from pipeline.train_patch import train_patch_network
 from pipeline.train_typer import fit_typer
+from pipeline.typer_grid import study_feature_grid
+from pipeline.typer_studies import phantom_typer_studies
 from pipeline.training_data import (
     TRAIN_SEED_BASE,
     VALIDATION_SEED_BASE,
@@ -93,6 +95,9 @@ class BundledRecipe:
     #: type-balanced studies (0: no typer; reclassification's UNet_patch vote gives the type)
     typer_studies: int = 120
     typer_iterations: int = 3000
+    #: the typer reads its features from the study's own HU, anti-aliased onto the working grid
+    #: (``pipeline.typer_grid.study_feature_grid``); False: the working grid's HU (before session 23)
+    typer_reads_study: bool = True
     processes: int = 2
     loader_workers: int = 0
     device: str = "auto"
@@ -264,11 +269,14 @@ def train_bundled(
     typer = None
     if recipe.typer_studies:
         typer_specs = type_balanced_training_specs(recipe.typer_studies)
-        typer_cases = make_cases(typer_specs, prep, recipe.processes, say, cache_dir=cache_dir)
-        typer = fit_typer(out_dir, typer_cases, prep,
+        grid = study_feature_grid(prep) if recipe.typer_reads_study else None
+        typer_studies = phantom_typer_studies(typer_specs, prep, recipe.typer_reads_study,
+                                              recipe.processes, say, cache_dir=cache_dir)
+        typer = fit_typer(out_dir, typer_studies, prep,
                           f"true lesions of {len(typer_specs)} type-balanced synthetic phantoms (seeds "
                           f"{typer_specs[0].seed}-{typer_specs[-1].seed}); NOT FOR CLINICAL USE",
-                          TyperTraining(iterations=recipe.typer_iterations), say, predictor, cascade)
+                          TyperTraining(iterations=recipe.typer_iterations), say, predictor, cascade,
+                          feature_grid=grid)
     card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s,
                        start_note, typer)
 

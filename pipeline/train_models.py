@@ -10,7 +10,7 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from pipeline.config import CascadeConfig
 from pipeline.inference import WholePredictor
@@ -33,11 +33,14 @@ from pipeline.train_patch import train_patch_network
 from pipeline.training_data import (
     TRAIN_SEED_BASE,
     VALIDATION_SEED_BASE,
+    PhantomCaseSpec,
     make_cases,
     sample_case_spec,
     type_balanced_training_specs,
 )
 from pipeline.training_dataset import load_cases, read_dataset, split_by_patient
+from pipeline.train_typer import TyperStudy
+from pipeline.typer_studies import dataset_typer_studies, phantom_typer_studies
 from pipeline.types import LESION_LABELS, Label
 
 log = logging.getLogger(__name__)
@@ -70,17 +73,31 @@ class TrainingSource:
             train, validation = split_by_patient(dataset, self.validation_fraction)
             say(f"{self.dataset}: {len(train)} training and {len(validation)} validation cases")
             return load_cases(train, prep, say), load_cases(validation, prep, say)
-        if self.phantoms < 1:
-            raise ValueError("give a dataset folder or a number of phantom studies")
+        specs = self._phantom_specs()
         validation_count = max(1, int(round(self.phantoms * self.validation_fraction))) \
             if self.validation_fraction > 0 else 0
         cache = work_dir / "cases"
-        specs = (type_balanced_training_specs(self.phantoms) if self.type_balanced
-                 else [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(self.phantoms)])
         train = make_cases(specs, prep, self.processes, say, cache_dir=cache)
         validation = make_cases([sample_case_spec(VALIDATION_SEED_BASE + i) for i in range(validation_count)], prep,
                                 self.processes, say, cache_dir=cache)
         return train, validation
+
+    def _phantom_specs(self) -> list[PhantomCaseSpec]:
+        if self.phantoms < 1:
+            raise ValueError("give a dataset folder or a number of phantom studies")
+        return (type_balanced_training_specs(self.phantoms) if self.type_balanced
+                else [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(self.phantoms)])
+
+    def typer_studies(self, prep: Preprocessing, work_dir: Path, say: Callable[[str], None],
+                      with_study: bool) -> Iterator[TyperStudy]:
+        """The training studies (not the validation ones) for the lesion typer, one at a time; with
+        `with_study`, with their own volumes (``pipeline.typer_studies``)."""
+        if self.dataset is not None:
+            train, _ = split_by_patient(read_dataset(self.dataset), self.validation_fraction)
+            say(f"{self.dataset}: {len(train)} training cases for the lesion typer")
+            return dataset_typer_studies(train, prep, with_study)
+        return phantom_typer_studies(self._phantom_specs(), prep, with_study, self.processes, say,
+                                     cache_dir=work_dir / "cases")
 
 
 @dataclass(frozen=True)

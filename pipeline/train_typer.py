@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +33,7 @@ from pipeline.backends import MissingPhasesError, SegmentationBackend
 from pipeline.cascade import sensitivity_label_maps
 from pipeline.config import CascadeConfig
 from pipeline.inference import ModelInput
-from pipeline.lesion_features import feature_count, lesion_features
+from pipeline.lesion_features import feature_count
 from pipeline.lesion_typer import (
     NOT_A_LESION,
     TYPER_PHASE_COMBINATIONS,
@@ -47,7 +47,8 @@ from pipeline.matching import overlap_pairs
 from pipeline.model import Preprocessing, TyperEntry, read_model_card, write_model_card
 from pipeline.seg2det import seg2det
 from pipeline.train import TrainingCase, case_model_input
-from pipeline.types import LESION_LABELS, Label, Lesion, LesionType
+from pipeline.typer_grid import FeatureGrid, StudyHU, to_feature_grid, typer_hu
+from pipeline.types import BoundingBox, Label, Lesion, LesionType, Phase
 
 log = logging.getLogger(__name__)
 
@@ -86,31 +87,73 @@ class BackendMiner:
         return probabilities
 
 
+@dataclass(frozen=True)
+class TyperStudy:
+    """One training study of the typer: on the working grid (truth labels, UNet_whole's input) and,
+    for a typer that reads its HU from the study (``FeatureGrid.from_study``), its registered
+    phases on their own grid."""
+
+    case: TrainingCase
+    study: StudyHU | None = None
+
+
+def _outlined(lesion: Lesion, mask: np.ndarray) -> Lesion:
+    """`lesion` with another outline (a full-volume mask)."""
+    where = np.nonzero(mask)
+    bbox = BoundingBox(*(int(v) for idx in where for v in (idx.min(), idx.max() + 1)))
+    return replace(lesion, bbox=bbox, mask=mask[bbox.slices].copy(), voxel_count=int(mask.sum()))
+
+
+def _rows_on(lesions: Sequence[Lesion], hu: dict, labels: np.ndarray, case: TrainingCase, grid: FeatureGrid | None,
+             moved_hu: dict | None) -> np.ndarray:
+    """Feature rows of `lesions` found in `labels` on the case's working grid, read on `grid` as
+    the cascade reads them (``pipeline.lesion_typer.retype_lesions``)."""
+    if grid is None or not grid.needs_moving(case.geometry):
+        return feature_rows(lesions, hu, labels, case.geometry)
+    moved = to_feature_grid(lesions, hu, labels, case.geometry, grid, moved_hu)
+    return feature_rows(moved.lesions, moved.hu, moved.labels, moved.geometry)
+
+
+def case_truth_rows(
+    typer_study: TyperStudy, prep: Preprocessing, grid: FeatureGrid | None = None, min_volume_ml: float = 0.5,
+    augment: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature vectors (N, F) and lesion labels (N,) of one study's true lesions: each as labelled,
+    dilated by one voxel into the liver and eroded by one voxel (each outline set read as one label
+    map, as the cascade reads a sensitivity's lesions), on `grid` (None: the working grid)."""
+    case = typer_study.case
+    hu = case_model_input(case, prep).hu
+    liver = case.labels == int(Label.LIVER)
+    truth = seg2det(case.labels, case.geometry, min_volume_ml=min_volume_ml)
+    outlines: list[list[Lesion]] = [list(truth)]
+    if augment:
+        dilated, eroded = [], []
+        for lesion in truth:
+            mask = lesion.full_mask(case.labels.shape)
+            dilated.append(_outlined(lesion, ndimage.binary_dilation(mask) & (liver | mask)))
+            shrunk = ndimage.binary_erosion(mask)
+            if shrunk.sum() >= _MIN_ERODED_VOXELS:
+                eroded.append(_outlined(lesion, shrunk))
+        outlines += [dilated, eroded]
+    moved_hu = typer_hu(grid, hu, case.geometry, typer_study.study) if grid is not None and truth else None
+    features = [_rows_on(lesions, hu, case.labels, case, grid, moved_hu) for lesions in outlines if lesions]
+    labels = [int(lesion.lesion_type) for lesions in outlines for lesion in lesions]
+    if not features:
+        return np.zeros((0, feature_count()), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return np.concatenate(features), np.asarray(labels, dtype=np.int64)
+
+
 def typer_rows(
     cases: Sequence[TrainingCase], prep: Preprocessing, min_volume_ml: float = 0.5, augment: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Feature vectors (N, F) and lesion labels (N,) of the true lesions of `cases`."""
-    features: list[np.ndarray] = []
-    labels: list[int] = []
-    for case in cases:
-        hu = case_model_input(case, prep).hu
-        liver = case.labels == int(Label.LIVER)
-        any_lesion = np.isin(case.labels, LESION_LABELS)
-        for lesion in seg2det(case.labels, case.geometry, min_volume_ml=min_volume_ml):
-            mask = lesion.full_mask(case.labels.shape)
-            masks = [mask]
-            if augment:
-                masks.append(ndimage.binary_dilation(mask) & (liver | mask))
-                eroded = ndimage.binary_erosion(mask)
-                if eroded.sum() >= _MIN_ERODED_VOXELS:
-                    masks.append(eroded)
-            for variant in masks:
-                features.append(lesion_features(hu, variant, liver, case.geometry.spacing_mm, any_lesion))
-                labels.append(int(lesion.lesion_type))
-    if not features:
+    """Feature vectors (N, F) and lesion labels (N,) of the true lesions of `cases`, on the working
+    grid (:func:`case_truth_rows`)."""
+    parts = [case_truth_rows(TyperStudy(case), prep, None, min_volume_ml, augment) for case in cases]
+    labels = np.concatenate([part[1] for part in parts]) if parts else np.zeros(0, dtype=np.int64)
+    if not len(labels):
         raise ValueError(f"no lesion of {min_volume_ml} ml or more in {len(cases)} training cases: "
                          "the typer needs labelled lesions")
-    return np.stack(features), np.asarray(labels, dtype=np.int64)
+    return np.concatenate([part[0] for part in parts]), labels
 
 
 def detection_classes(truth: Sequence[Lesion], detected: Sequence[Lesion]) -> list[int]:
@@ -121,6 +164,49 @@ def detection_classes(truth: Sequence[Lesion], detected: Sequence[Lesion]) -> li
         best[pair.second_id] = max(best.get(pair.second_id, (0, 0)), (pair.overlap_voxels, pair.first_id))
     types = {lesion.lesion_id: int(lesion.lesion_type) for lesion in truth}
     return [types[best[lesion.lesion_id][1]] if lesion.lesion_id in best else NOT_A_LESION for lesion in detected]
+
+
+def phase_subset(case: TrainingCase, index: int) -> tuple[Phase, ...]:
+    """The phases study `index` is mined with: the index-th of the typer's fixed cycle of phase
+    subsets (those of its phases the study has; all of them when it has none)."""
+    combo = [combo for combo, _ in TYPER_PHASE_COMBINATIONS][index % len(TYPER_PHASE_COMBINATIONS)]
+    return tuple(p for p in combo if p in case.present) or case.present
+
+
+def case_detection_rows(
+    typer_study: TyperStudy,
+    prep: Preprocessing,
+    predictor: CasePredictor,
+    config: CascadeConfig = CascadeConfig(),
+    subset: tuple[Phase, ...] | None = None,
+    grid: FeatureGrid | None = None,
+    min_volume_ml: float = 0.5,
+    found_lesions: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature vectors (N, F) and classes (N,) of the predictor's detections in one study seen with
+    the phases `subset` (default: all), at every sensitivity of `config`, read on `grid` (None:
+    the working grid); see :func:`detection_rows`. A predictor refusing the study for a missing
+    phase raises MissingPhasesError."""
+    case = typer_study.case
+    model_input = case_model_input(replace(case, present=subset or case.present), prep)
+    probabilities = predictor.predict(model_input)
+    maps = sensitivity_label_maps(probabilities, config, compute_livermax=False).label_maps
+    truth = seg2det(case.labels, case.geometry)
+    rows: list[np.ndarray] = []
+    classes: list[int] = []
+    moved_hu = None
+    for labels in maps.values():
+        detected = seg2det(labels, case.geometry, min_volume_ml=min_volume_ml)
+        pairs = [(lesion, true_class) for lesion, true_class in zip(detected, detection_classes(truth, detected))
+                 if found_lesions or true_class == NOT_A_LESION]
+        if pairs:
+            if grid is not None and moved_hu is None:
+                moved_hu = typer_hu(grid, model_input.hu, case.geometry, typer_study.study)
+            rows.append(_rows_on([lesion for lesion, _ in pairs], model_input.hu, labels, case, grid, moved_hu))
+            classes += [true_class for _, true_class in pairs]
+    if not rows:
+        return np.zeros((0, feature_count()), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return np.concatenate(rows), np.asarray(classes, dtype=np.int64)
 
 
 def detection_rows(
@@ -134,97 +220,113 @@ def detection_rows(
     phase_subsets: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feature vectors (N, F) and classes (N,) of UNet_whole's detections, at every sensitivity of
-    `config` and on the cascade's own label maps (see the module docstring); study i is predicted
-    with the i-th phase subset of a fixed cycle (without `phase_subsets`: with all its phases; a
-    study the predictor refuses for a missing phase is skipped). Detections that touch no true
-    lesion are class 0 ("not a lesion"); with `found_lesions`, those that do are rows too, of the
-    type of the true lesion they share most voxels with (the typer then also learns lesions as
-    UNet_whole outlines them)."""
+    `config` and on the cascade's own label maps (see the module docstring), on the working grid;
+    study i is predicted with the i-th phase subset of a fixed cycle (:func:`phase_subset`;
+    without `phase_subsets`: with all its phases; a study the predictor refuses for a missing
+    phase is skipped). Detections that touch no true lesion are class 0 ("not a lesion"); with
+    `found_lesions`, those that do are rows too, of the type of the true lesion they share most
+    voxels with (the typer then also learns lesions as UNet_whole outlines them)."""
     say = progress or log.info
-    combos = [combo for combo, _ in TYPER_PHASE_COMBINATIONS]
     rows: list[np.ndarray] = []
-    classes: list[int] = []
+    classes: list[np.ndarray] = []
     skipped = 0
     for index, case in enumerate(cases):
-        subset = case.present
-        if phase_subsets:
-            subset = tuple(p for p in combos[index % len(combos)] if p in case.present) or case.present
-        model_input = case_model_input(replace(case, present=subset), prep)
+        subset = phase_subset(case, index) if phase_subsets else None
         try:
-            probabilities = predictor.predict(model_input)
+            features, found = case_detection_rows(TyperStudy(case), prep, predictor, config, subset,
+                                                  min_volume_ml=min_volume_ml, found_lesions=found_lesions)
         except MissingPhasesError as error:
             skipped += 1
             say(f"typer: study {index + 1} skipped: {error}")
             continue
-        maps = sensitivity_label_maps(probabilities, config, compute_livermax=False).label_maps
-        truth = seg2det(case.labels, case.geometry)
-        for labels in maps.values():
-            detected = seg2det(labels, case.geometry, min_volume_ml=min_volume_ml)
-            pairs = [(lesion, true_class) for lesion, true_class in zip(detected, detection_classes(truth, detected))
-                     if found_lesions or true_class == NOT_A_LESION]
-            if pairs:
-                rows.append(feature_rows([lesion for lesion, _ in pairs], model_input.hu, labels, case.geometry))
-                classes += [true_class for _, true_class in pairs]
+        rows.append(features)
+        classes.append(found)
         if (index + 1) % 20 == 0 or index + 1 == len(cases):
-            found = sum(1 for c in classes if c != NOT_A_LESION)
-            say(f"typer: detections in {index + 1}/{len(cases)} studies: "
-                f"{len(classes) - found} false" + (f", {found} of true lesions" if found_lesions else "")
+            total = np.concatenate(classes)
+            true = int((total != NOT_A_LESION).sum())
+            say(f"typer: detections in {index + 1}/{len(cases)} studies: {len(total) - true} false"
+                + (f", {true} of true lesions" if found_lesions else "")
                 + (f" ({skipped} studies skipped)" if skipped else ""))
     if not rows:
         return np.zeros((0, feature_count()), dtype=np.float32), np.zeros(0, dtype=np.int64)
-    return np.concatenate(rows), np.asarray(classes, dtype=np.int64)
+    return np.concatenate(rows), np.concatenate(classes)
 
 
 def fit_typer(
     model_dir: Path,
-    cases: Sequence[TrainingCase],
+    studies: Iterable[TyperStudy],
     prep: Preprocessing,
     describe: str,
     settings: TyperTraining = TyperTraining(),
     progress: Callable[[str], None] | None = None,
     predictor: CasePredictor | None = None,
     cascade: CascadeConfig = CascadeConfig(),
+    feature_grid: FeatureGrid | None = None,
 ) -> TyperEntry:
-    """Train the typer on `cases` (described as `describe`), with "not a lesion" rows mined by
-    `predictor` (UNet_whole, or a :class:`BackendMiner`, which sees each study with all its phases)
-    through `cascade`'s label maps when given, write its weights into `model_dir` and return the
-    model card entry for them."""
+    """Train the typer on `studies` (described as `describe`; read one at a time, so a source may
+    make them as they are asked for), with "not a lesion" rows mined by `predictor` (UNet_whole,
+    or a :class:`BackendMiner`, which sees each study with all its phases) through `cascade`'s
+    label maps when given, its features read on `feature_grid` (None: the working grid of `prep`,
+    with its HU); write its weights into `model_dir` and return the model card entry for them."""
     say = progress or log.info
-    features, labels = typer_rows(cases, prep)
+    with_subsets = predictor is not None and not isinstance(predictor, BackendMiner)
+    truth: list[tuple[np.ndarray, np.ndarray]] = []
+    mined: list[tuple[np.ndarray, np.ndarray]] = []
+    count = skipped = 0
+    for index, typer_study in enumerate(studies):
+        count += 1
+        truth.append(case_truth_rows(typer_study, prep, feature_grid))
+        if predictor is not None:
+            subset = phase_subset(typer_study.case, index) if with_subsets else None
+            try:
+                mined.append(case_detection_rows(typer_study, prep, predictor, cascade, subset, feature_grid))
+            except MissingPhasesError as error:
+                skipped += 1
+                say(f"typer: study {index + 1} skipped: {error}")
+        if count % 20 == 0:
+            say(f"typer: {count} studies read, {sum(len(c) for _, c in truth)} lesion rows, "
+                f"{sum(len(c) for _, c in mined)} false detections" + (f" ({skipped} skipped)" if skipped else ""))
+    labels = np.concatenate([c for _, c in truth]) if truth else np.zeros(0, dtype=np.int64)
+    if not len(labels):
+        raise ValueError(f"no lesion of 0.5 ml or more in {count} training studies: the typer needs labelled lesions")
+    features = np.concatenate([f for f, _ in truth])
     counts = Counter(LesionType(int(v)).name for v in labels)
     missing = [t.name for t in LesionType if t.name not in counts]
     if missing:
         say(f"typer: no training lesion of type {', '.join(missing)}; it will never give those types")
     if predictor is not None:
-        negatives, classes = detection_rows(cases, prep, predictor, cascade, progress=say,
-                                            phase_subsets=not isinstance(predictor, BackendMiner))
+        negatives = np.concatenate([f for f, _ in mined]) if mined else np.zeros((0, feature_count()), np.float32)
         features = np.concatenate([features, negatives])
-        labels = np.concatenate([labels, classes])
+        labels = np.concatenate([labels, np.full(len(negatives), NOT_A_LESION, dtype=np.int64)])
         counts["not a lesion"] = len(negatives)
-    say(f"typer: {len(labels)} training rows from {len(cases)} studies ({dict(counts)})")
+    say(f"typer: {len(labels)} training rows from {count} studies ({dict(counts)})"
+        + (f", features on {feature_grid.describe()}" if feature_grid is not None else ""))
     spec = default_typer_spec()
     network = train_typer(features, labels, spec, settings, progress=say)
     sha256 = save_typer(network, model_dir / TYPER_FILE)
-    mined = {} if predictor is None else {
+    source = {} if predictor is None else {
         "false_positives_from": predictor.describe() if isinstance(predictor, BackendMiner) else "the folder's UNet_whole"}
     return TyperEntry(file=TYPER_FILE, sha256=sha256, spec=spec.to_json(),
-                      training={**asdict(settings), "training_data": describe, "studies": len(cases),
-                                "rows_by_type": dict(counts), **mined})
+                      training={**asdict(settings), "training_data": describe, "studies": count,
+                                "rows_by_type": dict(counts), **source},
+                      feature_grid=feature_grid.to_json() if feature_grid is not None else None)
 
 
 def train_typer_model(
     model_dir: Path,
-    cases: Sequence[TrainingCase],
+    studies: Iterable[TyperStudy],
     describe: str,
     settings: TyperTraining = TyperTraining(),
     progress: Callable[[str], None] | None = None,
     predictor: CasePredictor | None = None,
+    feature_grid: FeatureGrid | None = None,
 ) -> Path:
-    """Train the typer on `cases` (with "not a lesion" rows mined by `predictor` when given; see
-    :func:`fit_typer`) and add it to the model folder's card (replacing one it had). Returns the
-    model card path."""
+    """Train the typer on `studies` (with "not a lesion" rows mined by `predictor` when given, its
+    features on `feature_grid`; see :func:`fit_typer`) and add it to the model folder's card
+    (replacing one it had). Returns the model card path."""
     card = read_model_card(model_dir)
-    entry = fit_typer(model_dir, cases, card.preprocessing, describe, settings, progress, predictor)
+    entry = fit_typer(model_dir, studies, card.preprocessing, describe, settings, progress, predictor,
+                      feature_grid=feature_grid)
     path = write_model_card(model_dir, replace(card, typer=entry))
     (progress or log.info)(f"lesion typer added to {model_dir}")
     return path

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.model import Preprocessing
 from pipeline.phantom import _rng as phantom_stream  # the generator's own seeded streams
-from pipeline.phantom import make_phantom
+from pipeline.phantom import PhantomVolumes, make_phantom
 from pipeline.phantom_lesions import sample_lesion_plan
 from pipeline.train import TrainingCase, case_from_arrays
 from pipeline.types import PHASE_ORDER, LesionType, Phase, VolumeGeometry
@@ -120,7 +120,14 @@ class EvaluationCase:
 def phantom_case(spec: PhantomCaseSpec, prep: Preprocessing) -> TrainingCase:
     """Generate the phantom in memory, phases aligned as registration leaves them (residual motion
     of up to about 2 mm), and resample it onto the working grid."""
-    volumes = make_phantom(
+    volumes = phantom_volumes(spec)
+    return case_from_arrays(spec.case_id, volumes.hu, volumes.labels, volumes.geometry, prep)
+
+
+def phantom_volumes(spec: PhantomCaseSpec, workers: int = 1) -> PhantomVolumes:
+    """The phantom of `spec` on its own (study) grid, phases aligned as registration leaves them
+    (residual motion of up to about 2 mm)."""
+    return make_phantom(
         spec.seed,
         phases=spec.phases,
         slices=spec.slices,
@@ -129,10 +136,9 @@ def phantom_case(spec: PhantomCaseSpec, prep: Preprocessing) -> TrainingCase:
         lesions=spec.lesions,
         rows=spec.matrix,
         columns=spec.matrix,
-        workers=1,
+        workers=workers,
         motion="residual",
     )
-    return case_from_arrays(spec.case_id, volumes.hu, volumes.labels, volumes.geometry, prep)
 
 
 def _phantom_case_job(args: tuple[PhantomCaseSpec, Preprocessing]) -> TrainingCase:

@@ -120,6 +120,12 @@ def _read(path: Path) -> sitk.Image:
 
 def load_case(case: DatasetCase, prep: Preprocessing) -> TrainingCase:
     """Read one case and resample it onto the model's working grid."""
+    hu, labels, geometry = read_case_arrays(case)
+    return case_from_arrays(case.case_id, hu, labels, geometry, prep)
+
+
+def read_case_arrays(case: DatasetCase) -> tuple[dict[Phase, np.ndarray], np.ndarray, VolumeGeometry]:
+    """One case's phases (HU) and labels on its own grid, after checking that they share it."""
     label_image = _read(case.label_path)
     geometry = geometry_of(label_image)
     labels = sitk.GetArrayFromImage(label_image)
@@ -134,7 +140,7 @@ def load_case(case: DatasetCase, prep: Preprocessing) -> TrainingCase:
                 or not np.allclose(other.origin_mm, geometry.origin_mm, atol=1e-2):
             raise DatasetError(f"{path}: not on the grid of {case.label_path.name} (register the phases first)")
         hu[phase] = sitk.GetArrayFromImage(image).astype(np.float32)
-    return case_from_arrays(case.case_id, hu, labels.astype(np.uint8), geometry, prep)
+    return hu, labels.astype(np.uint8), geometry
 
 
 def load_cases(

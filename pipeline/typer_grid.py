@@ -9,6 +9,14 @@ probabilities come back on the study's grid) or a typer lent from a folder with 
 (``model.typer_dir``), is judged after moving the HU volumes, the label map and the lesion masks
 onto the typer's grid, the way ``pipeline.inference.prepare_input`` moves a study onto a working
 grid.
+
+A typer can also read its HU from the study itself (``FeatureGrid.from_study``): the registered
+phases at the study's own resolution, resampled (anti-aliased) onto the feature grid, rather than
+the working grid's HU. The lesions are still found on the working grid and only their masks are
+moved; what the finer HU adds is the detail the working grid averages away or skips (a
+haemangioma's nodules, a capsule, a thin rim). The model card's ``typer.feature_grid`` records
+which (:meth:`FeatureGrid.to_json`); a card without it means the card's working grid, from the
+working grid's HU.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +43,30 @@ class FeatureGrid:
 
     spacing_mm: tuple[float, float, float]  # (z, y, x)
     anti_alias: bool = False
+    #: the HU come from the study's registered phases on their own grid, not from the working grid
+    from_study: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The grid as the model card's ``typer.feature_grid`` records it."""
+        return {"spacing_mm": list(self.spacing_mm), "anti_alias": self.anti_alias,
+                "hu_from": "study" if self.from_study else "working grid"}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "FeatureGrid":
+        """The grid of a model card's ``typer.feature_grid`` (ValueError when malformed)."""
+        spacing = tuple(float(v) for v in data["spacing_mm"])
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"feature_grid.spacing_mm must be three positive millimetre values, not {spacing}")
+        source = data.get("hu_from", "working grid")
+        if source not in ("study", "working grid"):
+            raise ValueError(f"feature_grid.hu_from must be 'study' or 'working grid', not {source!r}")
+        return cls(spacing, bool(data.get("anti_alias", False)), source == "study")  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """E.g. '2 x 1.5 x 1.5 mm, anti-aliased, HU from the study'."""
+        size = " x ".join(f"{v:g}" for v in self.spacing_mm)
+        return (f"{size} mm{', anti-aliased' if self.anti_alias else ''}, "
+                f"HU from the {'study' if self.from_study else 'working grid'}")
 
     @classmethod
     def of(cls, prep: Preprocessing) -> "FeatureGrid":
@@ -44,6 +77,29 @@ class FeatureGrid:
     def holds(self, geometry: VolumeGeometry) -> bool:
         """Whether `geometry` is (about) this grid, so features computed on it need no resampling."""
         return all(abs(s - t) <= SAME_GRID_TOLERANCE * t for s, t in zip(geometry.spacing_mm, self.spacing_mm))
+
+    def needs_moving(self, geometry: VolumeGeometry) -> bool:
+        """Whether lesions found on `geometry` must be moved onto this grid before their features
+        are read: the grid differs, or the HU must come from the study rather than `geometry`."""
+        return self.from_study or not self.holds(geometry)
+
+
+def study_feature_grid(prep: Preprocessing) -> FeatureGrid:
+    """The grid new typers read their features on (``livernode train typer`` and ``train
+    bundled``): the model's working grid, with HU from the study anti-aliased onto it, which types
+    more lesions right than the working grid's own HU on validation phantoms (docs/models.md,
+    "Session 23")."""
+    return FeatureGrid(tuple(float(v) for v in prep.target_spacing_mm), anti_alias=True,  # type: ignore[arg-type]
+                       from_study=True)
+
+
+@dataclass(frozen=True)
+class StudyHU:
+    """A study's registered phases on its own grid (the reference phase's), for a typer that reads
+    its HU from the study (:attr:`FeatureGrid.from_study`)."""
+
+    hu: Mapping[Phase, np.ndarray]
+    geometry: VolumeGeometry
 
 
 @dataclass
@@ -102,6 +158,26 @@ def hu_on_grid(hu_by_phase: Mapping[Phase, np.ndarray], geometry: VolumeGeometry
             for phase, volume in hu_by_phase.items()}
 
 
+def typer_hu(
+    grid: FeatureGrid,
+    hu_by_phase: Mapping[Phase, np.ndarray],
+    geometry: VolumeGeometry,
+    study: StudyHU | None = None,
+) -> dict[Phase, np.ndarray] | None:
+    """The HU a typer with features on `grid` reads for lesions found on `geometry` (working grid
+    HU `hu_by_phase`): ``None`` when it reads them as they are, else the study's own HU (for a grid
+    :attr:`~FeatureGrid.from_study`; the phases of `hu_by_phase` only) or the working grid's, moved
+    onto `grid`."""
+    if not grid.needs_moving(geometry):
+        return None
+    if not grid.from_study:
+        return hu_on_grid(hu_by_phase, geometry, grid)
+    if study is None:
+        raise ValueError(f"the lesion typer reads its HU from the study ({grid.describe()}), but the study's "
+                         "own volumes were not given")
+    return hu_on_grid({p: v for p, v in study.hu.items() if p in hu_by_phase}, study.geometry, grid)
+
+
 def to_feature_grid(
     lesions: Sequence[Lesion],
     hu_by_phase: Mapping[Phase, np.ndarray],
@@ -116,7 +192,14 @@ def to_feature_grid(
     :func:`lesion_on_grid` and written into the label map with its type, so the liver reference
     around it excludes it."""
     shape = working_shape(geometry, grid.spacing_mm)
+    if moved_hu is None and grid.from_study:
+        raise ValueError("this lesion typer reads its HU from the study's own volumes: give them moved onto "
+                         "its grid (moved_hu = hu_on_grid(study HU, study geometry, grid))")
     hu = dict(moved_hu) if moved_hu is not None else hu_on_grid(hu_by_phase, geometry, grid)
+    for phase, volume in hu.items():
+        if volume.shape != shape:
+            raise ValueError(f"{phase.value} HU on the feature grid have shape {volume.shape}, but the lesions "
+                             f"of a {geometry.shape} grid move onto {shape}: not the same study extent")
     moved_labels = resample_volume(np.asarray(labels, dtype=np.uint8), shape, mode="nearest")
     moved = [lesion_on_grid(lesion, geometry.shape, shape) for lesion in lesions]
     for lesion in moved:
@@ -125,4 +208,5 @@ def to_feature_grid(
     return OnFeatureGrid(moved, hu, moved_labels, resampled_geometry(geometry, shape))
 
 
-__all__ = ["FeatureGrid", "OnFeatureGrid", "SAME_GRID_TOLERANCE", "hu_on_grid", "lesion_on_grid", "to_feature_grid"]
+__all__ = ["FeatureGrid", "OnFeatureGrid", "SAME_GRID_TOLERANCE", "StudyHU", "hu_on_grid", "lesion_on_grid",
+           "study_feature_grid", "to_feature_grid", "typer_hu"]

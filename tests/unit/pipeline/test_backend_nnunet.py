@@ -250,11 +250,12 @@ def _training_case(phantom, present: tuple[Phase, ...], prep) -> TrainingCase:
 def test_train_typer_mines_the_nnunet_models_own_false_positives(phantom_prediction, tmp_path: Path) -> None:
     from pipeline.lesion_typer import TyperTraining
     from pipeline.model import Preprocessing
-    from pipeline.train_typer import BackendMiner, fit_typer
+    from pipeline.train_typer import BackendMiner, TyperStudy, fit_typer
 
     model_dir, phantom, _ = phantom_prediction
     prep = Preprocessing(target_spacing_mm=phantom.geometry.spacing_mm)
-    cases = [_training_case(phantom, (Phase.AP, Phase.VP), prep), _training_case(phantom, (Phase.VP,), prep)]
+    cases = [TyperStudy(_training_case(phantom, (Phase.AP, Phase.VP), prep)),
+             TyperStudy(_training_case(phantom, (Phase.VP,), prep))]
     messages: list[str] = []
     entry = fit_typer(tmp_path, cases, prep, "one phantom", TyperTraining(iterations=20), messages.append,
                       BackendMiner(_load(model_dir), "nnU-Net test model"), CascadeConfig())

@@ -21,6 +21,7 @@ from pipeline.phantom import make_phantom
 from pipeline.train import TrainConfig
 from pipeline.train_models import ModelShape, TrainingSource, train_patch_model, train_whole_model
 from pipeline.training_data import PhantomCaseSpec, make_cases
+from pipeline.typer_grid import FeatureGrid, study_feature_grid
 from pipeline.training_dataset import (
     DatasetError,
     load_cases,
@@ -167,13 +168,24 @@ def test_train_whole_then_patch_gives_a_loadable_model_and_resumes(tmp_path: Pat
     card = read_model_card(model_dir)
     assert card.typer is not None and card.patch is not None  # UNet_patch kept
     assert card.typer.training["iterations"] == 30 and sum(card.typer.training["rows_by_type"].values()) > 0
+    # by default it reads its features from the study's own volumes, anti-aliased onto the working grid
+    grid = study_feature_grid(card.preprocessing)
+    assert card.typer.feature_grid == grid.to_json() and grid.from_study and grid.anti_alias
     backend = CardBackend(model_dir, select_device("cpu"))
-    assert backend.lesion_typer() is not None
+    assert backend.lesion_typer() is not None and backend.typer_feature_grid() == grid
     result = cascade_on_prediction(backend.predict(volumes.hu, volumes.geometry), backend, CascadeConfig())
     assert any(d.stage == "lesion typing" for d in result.decisions)
     result = cascade_on_prediction(backend.predict(volumes.hu, volumes.geometry), backend,
                                    CascadeConfig(lesion_typing=False))
     assert not any(d.stage == "lesion typing" for d in result.decisions)
+    # --typer-grid working: the typer of earlier sessions, on the working grid's HU
+    assert main(["train", "typer", "--model", str(model_dir), "--data", str(dataset_folder), "--typer-grid",
+                 "working", "--validation-fraction", "0", "--iterations", "30", "--work", str(work)]) == 0
+    assert read_model_card(model_dir).typer.feature_grid is None
+    backend = CardBackend(model_dir, select_device("cpu"))
+    assert backend.typer_feature_grid() == FeatureGrid.of(card.preprocessing)
+    result = cascade_on_prediction(backend.predict(volumes.hu, volumes.geometry), backend, CascadeConfig())
+    assert any(d.stage == "lesion typing" for d in result.decisions)
 
 
 def test_fine_tuning_starts_from_the_given_model(tmp_path: Path, dataset_folder: Path) -> None:
@@ -229,6 +241,10 @@ def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None
     assert main(["train", "patch", "--phantoms", "2", "--model", str(tmp_path), "--organ-weight", "4"]) == 1
     assert "--organ-weight applies to 'whole' only" in capsys.readouterr().err
     typer = ["train", "typer", "--phantoms", "2", "--model", str(BUNDLED_MODEL_DIR), "--work", str(tmp_path / "w")]
+    assert main(typer + ["--typer-grid", "2,0,1.5"]) == 1
+    assert "--typer-grid takes three positive millimetre values Z,Y,X or 'working'" in capsys.readouterr().err
+    assert main(["train", "whole", "--phantoms", "2", "--out", str(tmp_path / "m"), "--typer-grid", "working"]) == 1
+    assert "--typer-grid applies to 'typer' only" in capsys.readouterr().err
     assert main(typer + ["--miner-config", str(tmp_path / "absent.yaml")]) == 1
     assert "absent.yaml" in capsys.readouterr().err
     config = tmp_path / "nnunet.yaml"

@@ -4,6 +4,9 @@ the grid the typer was trained on before it judges them."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +17,9 @@ from pipeline.backends import CardBackend, load_typer_folder
 from pipeline.inference import resample_volume, resampled_geometry, working_shape
 from pipeline.lesion_features import feature_names
 from pipeline.lesion_typer import feature_rows, retype_lesions
-from pipeline.model import BUNDLED_MODEL_DIR, Preprocessing, read_model_card
+from pipeline.model import BUNDLED_MODEL_DIR, ModelLoadError, Preprocessing, read_model_card
 from pipeline.seg2det import seg2det
-from pipeline.typer_grid import FeatureGrid, hu_on_grid, lesion_on_grid, to_feature_grid
+from pipeline.typer_grid import FeatureGrid, StudyHU, hu_on_grid, lesion_on_grid, to_feature_grid, typer_hu
 from pipeline.types import BoundingBox, Label, Lesion, LesionType, Phase, VolumeGeometry
 
 FINE = (1.0, 1.0, 1.0)
@@ -129,3 +132,77 @@ def test_backends_name_the_grid_their_typer_was_trained_on(tmp_path: Path) -> No
     assert grid == FeatureGrid.of(bundled)
     assert FeatureGrid.of(Preprocessing(target_spacing_mm=(3.0, 2.0, 2.0), anti_alias=True)) == FeatureGrid(
         (3.0, 2.0, 2.0), True)
+
+
+STUDY_GRID = FeatureGrid((2.0, 1.5, 1.5), anti_alias=True, from_study=True)
+
+
+def working_copy(hu: dict[Phase, np.ndarray], labels: np.ndarray, geometry: VolumeGeometry):
+    """The study as the cascade sees it on a 4 x 3 x 3 mm working grid (no anti-aliasing)."""
+    shape = working_shape(geometry, COARSE)
+    return ({p: resample_volume(v, shape) for p, v in hu.items()}, resample_volume(labels, shape, mode="nearest"),
+            resampled_geometry(geometry, shape))
+
+
+def test_a_typer_that_reads_the_study_takes_its_hu_from_the_study_not_from_the_working_grid() -> None:
+    hu, labels, geometry = noisy_study()
+    work_hu, work_labels, work_geometry = working_copy(hu, labels, geometry)
+    lesions = seg2det(work_labels, work_geometry)
+    study = StudyHU(hu, geometry)
+    moved_hu = typer_hu(STUDY_GRID, work_hu, work_geometry, study)
+    assert moved_hu is not None and moved_hu[Phase.VP].shape == working_shape(geometry, STUDY_GRID.spacing_mm)
+    seen: list[np.ndarray] = []
+
+    def typer(rows: np.ndarray) -> np.ndarray:
+        seen.append(rows)
+        return np.eye(7, dtype=np.float32)[[int(LesionType.CYST)] * len(rows)]
+
+    retype_lesions(lesions, work_hu, work_labels, work_geometry, typer, feature_grid=STUDY_GRID, moved_hu=moved_hu)
+    moved = to_feature_grid(lesions, work_hu, work_labels, work_geometry, STUDY_GRID,
+                            moved_hu=hu_on_grid(hu, geometry, STUDY_GRID))
+    np.testing.assert_array_equal(seen[-1], feature_rows(moved.lesions, moved.hu, moved.labels, moved.geometry))
+    # the working grid's HU are not read at all: blanking them changes nothing
+    blank = {Phase.VP: np.zeros_like(work_hu[Phase.VP])}
+    retype_lesions(lesions, blank, work_labels, work_geometry, typer, feature_grid=STUDY_GRID,
+                   moved_hu=typer_hu(STUDY_GRID, blank, work_geometry, study))
+    np.testing.assert_array_equal(seen[-1], seen[-2])
+    # the lesion's contrast (70 against 100 HU: -0.6), read on the smoothed study HU inside the
+    # working grid's blocky outline (partial volume at the edge)
+    assert -0.65 < value(seen[-1], "VP_mean") < -0.4
+    # the study grid's own spacing, even when it equals the working grid, still reads the study
+    same = FeatureGrid(COARSE, anti_alias=True, from_study=True)
+    assert same.holds(work_geometry) and same.needs_moving(work_geometry)
+
+
+def test_a_typer_that_reads_the_study_refuses_to_run_without_it() -> None:
+    hu, labels, geometry = noisy_study()
+    work_hu, work_labels, work_geometry = working_copy(hu, labels, geometry)
+    lesions = seg2det(work_labels, work_geometry)
+    with pytest.raises(ValueError, match="study's own volumes were not given"):
+        typer_hu(STUDY_GRID, work_hu, work_geometry, None)
+    with pytest.raises(ValueError, match="reads its HU from the study's own volumes"):
+        retype_lesions(lesions, work_hu, work_labels, work_geometry, lambda rows: np.ones((len(rows), 7)),
+                       feature_grid=STUDY_GRID)
+    cut = StudyHU({Phase.VP: hu[Phase.VP][:-8]}, replace(geometry, shape=(40, 60, 60)))  # another extent
+    with pytest.raises(ValueError, match="not the same study extent"):
+        retype_lesions(lesions, work_hu, work_labels, work_geometry, lambda rows: np.ones((len(rows), 7)),
+                       feature_grid=STUDY_GRID, moved_hu=typer_hu(STUDY_GRID, work_hu, work_geometry, cut))
+
+
+def test_the_feature_grid_is_recorded_in_the_model_card_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    assert FeatureGrid.from_json(STUDY_GRID.to_json()) == STUDY_GRID
+    assert FeatureGrid.from_json({"spacing_mm": [4, 3, 3]}) == FeatureGrid(COARSE)
+    for bad in ({"spacing_mm": [2, 1.5]}, {"spacing_mm": [2, 0, 1]}, {"spacing_mm": [2, 1, 1], "hu_from": "atlas"}):
+        with pytest.raises(ValueError):
+            FeatureGrid.from_json(bad)
+    folder = tmp_path / "model"
+    shutil.copytree(BUNDLED_MODEL_DIR, folder)
+    card = json.loads((folder / "model_card.json").read_text())
+    card["typer"]["feature_grid"] = {"spacing_mm": [2, 1.5]}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="typer.feature_grid is invalid"):
+        CardBackend(folder, torch.device("cpu"))
+    card["typer"]["feature_grid"] = STUDY_GRID.to_json()
+    (folder / "model_card.json").write_text(json.dumps(card))
+    assert CardBackend(folder, torch.device("cpu")).typer_feature_grid() == STUDY_GRID
+    assert load_typer_folder(folder)[1] == STUDY_GRID
