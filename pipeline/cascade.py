@@ -251,8 +251,8 @@ def run_cascade(
         # verdict uncertain instead of silently normal.
         # on another grid than the typer's (or for a typer reading the study's own HU), both sets'
         # features use the HU moved once
-        moved_hu = (typer_hu(typer_grid, hu, geometry, typer_study) if typer_grid is not None
-                    and (base_recls or high_recls) else None)
+        moved_hu = (typer_hu(typer_grid, hu, geometry, typer_study, lesions=[*base_recls, *high_recls])
+                    if typer_grid is not None and (base_recls or high_recls) else None)
         base_typed = retype_lesions(base_recls, hu, base_labels, geometry, lesion_typer, sensitivity=base_f,
                                     feature_grid=typer_grid, moved_hu=moved_hu)
         high_typed = retype_lesions(high_recls, hu, high_labels, geometry, lesion_typer, sensitivity=math.inf,

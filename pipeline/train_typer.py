@@ -135,7 +135,9 @@ def case_truth_rows(
             if shrunk.sum() >= _MIN_ERODED_VOXELS:
                 eroded.append(_outlined(lesion, shrunk))
         outlines += [dilated, eroded]
-    moved_hu = typer_hu(grid, hu, case.geometry, typer_study.study) if grid is not None and truth else None
+    moved_hu = (typer_hu(grid, hu, case.geometry, typer_study.study, lesions=[lesion for group in outlines
+                                                                              for lesion in group])
+                if grid is not None and truth else None)
     features = [_rows_on(lesions, hu, case.labels, case, grid, moved_hu) for lesions in outlines if lesions]
     labels = [int(lesion.lesion_type) for lesions in outlines for lesion in lesions]
     if not features:
@@ -192,18 +194,19 @@ def case_detection_rows(
     probabilities = predictor.predict(model_input)
     maps = sensitivity_label_maps(probabilities, config, compute_livermax=False).label_maps
     truth = seg2det(case.labels, case.geometry)
-    rows: list[np.ndarray] = []
-    classes: list[int] = []
-    moved_hu = None
+    found: list[tuple[np.ndarray, list[tuple[Lesion, int]]]] = []
     for labels in maps.values():
         detected = seg2det(labels, case.geometry, min_volume_ml=min_volume_ml)
         pairs = [(lesion, true_class) for lesion, true_class in zip(detected, detection_classes(truth, detected))
                  if found_lesions or true_class == NOT_A_LESION]
         if pairs:
-            if grid is not None and moved_hu is None:
-                moved_hu = typer_hu(grid, model_input.hu, case.geometry, typer_study.study)
-            rows.append(_rows_on([lesion for lesion, _ in pairs], model_input.hu, labels, case, grid, moved_hu))
-            classes += [true_class for _, true_class in pairs]
+            found.append((labels, pairs))
+    every = [lesion for _, pairs in found for lesion, _ in pairs]
+    moved_hu = typer_hu(grid, model_input.hu, case.geometry, typer_study.study, lesions=every) \
+        if grid is not None and every else None
+    rows = [_rows_on([lesion for lesion, _ in pairs], model_input.hu, labels, case, grid, moved_hu)
+            for labels, pairs in found]
+    classes = [true_class for _, pairs in found for _, true_class in pairs]
     if not rows:
         return np.zeros((0, feature_count()), dtype=np.float32), np.zeros(0, dtype=np.int64)
     return np.concatenate(rows), np.asarray(classes, dtype=np.int64)

@@ -206,3 +206,29 @@ def test_the_feature_grid_is_recorded_in_the_model_card_and_a_bad_one_is_refused
     (folder / "model_card.json").write_text(json.dumps(card))
     assert CardBackend(folder, torch.device("cpu")).typer_feature_grid() == STUDY_GRID
     assert load_typer_folder(folder)[1] == STUDY_GRID
+
+
+def test_smoothing_only_around_the_lesions_gives_the_features_of_smoothing_the_whole_study() -> None:
+    # a study finer than the grid along every axis (each axis is smoothed), the lesion in a corner
+    rng = np.random.default_rng(3)
+    z, y, x = np.mgrid[:64, :160, :160]
+    lesion = np.sqrt((z - 20.0) ** 2 + (y - 40.0) ** 2 + (x - 40.0) ** 2) <= 9.0
+    hu = {Phase.VP: (np.where(lesion, 70.0, 100.0) + rng.normal(0.0, 30.0, lesion.shape)).astype(np.float32)}
+    labels = np.where(lesion, int(Label.META), int(Label.LIVER)).astype(np.uint8)
+    fine = VolumeGeometry(lesion.shape, (0.5, 0.75, 0.75), (0.0, 0.0, 0.0))
+    grid = FeatureGrid((2.0, 3.0, 3.0), anti_alias=True, from_study=True)
+    work_hu, work_labels, work_geometry = working_copy(hu, labels, fine)
+    lesions = seg2det(work_labels, work_geometry)
+    study = StudyHU(hu, fine)
+    whole = typer_hu(grid, work_hu, work_geometry, study)
+    around = typer_hu(grid, work_hu, work_geometry, study, lesions=lesions)
+    assert not np.array_equal(whole[Phase.VP], around[Phase.VP])  # the far corners are not smoothed
+    seen: list[np.ndarray] = []
+
+    def typer(rows: np.ndarray) -> np.ndarray:
+        seen.append(rows)
+        return np.eye(7, dtype=np.float32)[[int(LesionType.CYST)] * len(rows)]
+
+    for moved in (whole, around):
+        retype_lesions(lesions, work_hu, work_labels, work_geometry, typer, feature_grid=grid, moved_hu=moved)
+    np.testing.assert_allclose(seen[0], seen[1], rtol=0, atol=1e-6)
