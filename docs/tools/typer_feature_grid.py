@@ -31,8 +31,7 @@ from pipeline.cascade import sensitivity_label_maps
 from pipeline.config import CascadeConfig
 from pipeline.inference import resample_volume, working_shape
 from pipeline.lesion_features import lesion_features
-from pipeline.lesion_typer import NOT_A_LESION, TYPER_PHASE_COMBINATIONS, TyperTraining, default_typer_spec, \
-    train_typer, type_probabilities
+from pipeline.lesion_typer import NOT_A_LESION, TYPER_PHASE_COMBINATIONS
 from pipeline.phantom import make_phantom
 from pipeline.seg2det import seg2det
 from pipeline.train import case_from_arrays, case_model_input
@@ -41,7 +40,7 @@ from pipeline.train_typer import detection_classes
 from pipeline.training_data import PhantomCaseSpec, tuning_specs, type_balanced_training_specs
 from pipeline.typer_grid import FeatureGrid, hu_on_grid
 from pipeline.types import LESION_LABELS, Label
-from typer_training_rows import judge  # noqa: E402  (the sibling tool in docs/tools)
+from typer_training_rows import report_seeds  # noqa: E402  (the sibling tool in docs/tools)
 
 GRIDS: dict[str, FeatureGrid | None] = {
     "work": None,
@@ -157,20 +156,7 @@ def main() -> None:
           f"validation detections {len(valid['classes'])}")
     for name in GRIDS:
         print(f"feature grid {name}")
-        total: dict[float, np.ndarray] = {}
-        for seed in range(args.seeds):
-            network = train_typer(train[name], train["classes"], default_typer_spec(), TyperTraining(seed=seed))
-            lines = []
-            for factor in sorted(set(valid["sensitivities"].tolist())):
-                at = valid["sensitivities"] == factor
-                probabilities = type_probabilities(network, valid[name][at])
-                total[factor] = total.get(factor, 0) + probabilities
-                lines.append(f"f={factor:g}: {judge(probabilities, valid['classes'][at])}")
-            print(f"  seed {seed}: " + " | ".join(lines), flush=True)
-        print("  mean of the seeds' probabilities: " + " | ".join(
-            f"f={factor:g}: {judge(total[factor], valid['classes'][valid['sensitivities'] == factor])}"
-            for factor in sorted(total)), flush=True)
-
+        report_seeds(train[name], train["classes"], valid[name], valid, args.seeds)
 
 if __name__ == "__main__":
     main()

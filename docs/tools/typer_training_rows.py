@@ -161,19 +161,27 @@ def main() -> None:
             judged = blanked(validation["features"], blank)
             features = blanked(features, blank)
             print(f"{name} ({len(classes)} rows, per class {np.bincount(classes, minlength=7).tolist()})")
-            total: dict[float, np.ndarray] = {}
-            for seed in range(args.seeds):
-                network = train_typer(features, classes, default_typer_spec(), TyperTraining(seed=seed))
-                lines = []
-                for factor in sorted(set(validation["sensitivities"].tolist())):
-                    at = validation["sensitivities"] == factor
-                    probabilities = type_probabilities(network, judged[at])
-                    total[factor] = total.get(factor, 0) + probabilities
-                    lines.append(f"f={factor:g}: {judge(probabilities, validation['classes'][at])}")
-                print(f"  seed {seed}: " + " | ".join(lines), flush=True)
-            print("  mean of the seeds' probabilities: " + " | ".join(
-                f"f={factor:g}: {judge(total[factor], validation['classes'][validation['sensitivities'] == factor])}"
-                for factor in sorted(total)), flush=True)
+            report_seeds(features, classes, judged, validation, args.seeds)
+
+
+def report_seeds(features: np.ndarray, classes: np.ndarray, judged: np.ndarray, validation: dict[str, np.ndarray],
+                 seeds: int) -> None:
+    """Train the typer on the rows with each seed and print its verdicts on the validation rows
+    `judged` (features of ``validation``'s detections) at each sensitivity, then those of the
+    seeds' mean probabilities."""
+    total: dict[float, np.ndarray] = {}
+    for seed in range(seeds):
+        network = train_typer(features, classes, default_typer_spec(), TyperTraining(seed=seed))
+        lines = []
+        for factor in sorted(set(validation["sensitivities"].tolist())):
+            at = validation["sensitivities"] == factor
+            probabilities = type_probabilities(network, judged[at])
+            total[factor] = total.get(factor, 0) + probabilities
+            lines.append(f"f={factor:g}: {judge(probabilities, validation['classes'][at])}")
+        print(f"  seed {seed}: " + " | ".join(lines), flush=True)
+    print("  mean of the seeds' probabilities: " + " | ".join(
+        f"f={factor:g}: {judge(total[factor], validation['classes'][validation['sensitivities'] == factor])}"
+        for factor in sorted(total)), flush=True)
 
 
 if __name__ == "__main__":
