@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.model import BUNDLED_MODEL_DIR, read_model_card
 from pipeline.train_bundled import BundledRecipe, train_bundled
+from pipeline.typer_grid import FeatureGrid, study_feature_grid
 
 
 def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) -> None:
@@ -27,6 +28,9 @@ def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) 
     assert {"SPLEEN", "STOMACH"} <= set(card.metrics["held_out_organ_dice_mean"])
     assert card.typer is not None and card.typer.training["studies"] == recipe.typer_studies
     assert (tmp_path / "model" / card.typer.file).is_file() and "lesion typer" in card.training_data
+    # the typer reads the study's own HU; so did the held-out evaluation, generating each study again
+    assert FeatureGrid.from_json(card.typer.feature_grid) == study_feature_grid(card.preprocessing)
+    assert any("the lesion typer reads the study's own HU" in m for m in messages)
     assert (tmp_path / "model" / "held_out_evaluation.md").is_file()
     # only the type-balanced stage of UNet_whole ran; the natural-mix studies were never made
     assert not any(name in m for m in messages for name in ("unet_whole.pt:", "unet_whole_polished.pt:"))
