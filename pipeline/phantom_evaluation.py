@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from pipeline.model_cascade import cascade_on_prediction
 from pipeline.train import TrainingCase, case_model_input, dice_per_class, organ_dice
 from pipeline.training_data import PhantomCaseSpec
 from pipeline.typer_grid import StudyHU
+from pipeline.train_typer import TyperStudy
 from pipeline.typer_studies import phantom_typer_studies
 from pipeline.types import LESION_LABELS, OTHER_ORGAN_LABELS, Label
 
@@ -92,6 +93,24 @@ def evaluate_case(
     return CaseDice(_liver_dice(result.base_labels, case.labels), organ_dice(result.base_labels, case.labels))
 
 
+def evaluation_studies(
+    backend: CardBackend,
+    specs: Sequence[PhantomCaseSpec],
+    config: CascadeConfig,
+    processes: int,
+    say: Callable[[str], None],
+    cache_dir: Path | None = None,
+) -> Iterator[TyperStudy]:
+    """The phantom studies of `specs` as `backend` and the cascade `config` need them: working-grid
+    cases (cached in `cache_dir`), with the studies' own volumes when the model's lesion typer reads
+    its HU from the study (then every study is generated again)."""
+    grid = backend.typer_feature_grid()
+    with_study = config.lesion_typing and grid is not None and grid.from_study
+    if with_study:
+        say(f"the lesion typer reads the study's own HU ({grid.describe()}): every study is generated again")
+    return phantom_typer_studies(specs, backend.preprocessing, with_study, processes, say, cache_dir=cache_dir)
+
+
 def evaluate_on_phantoms(
     backend: CardBackend,
     specs: Sequence[PhantomCaseSpec],
@@ -110,11 +129,7 @@ def evaluate_on_phantoms(
     pred_dir, truth_dir = out_dir / "predictions", out_dir / "truth"
     dice: dict[str, float] = {}
     organs: dict[str, dict[str, float]] = {}
-    grid = backend.typer_feature_grid()
-    with_study = config.lesion_typing and grid is not None and grid.from_study
-    if with_study:
-        say(f"the lesion typer reads the study's own HU ({grid.describe()}): every study is generated again")
-    studies = phantom_typer_studies(specs, backend.preprocessing, with_study, processes, say, cache_dir=cache_dir)
+    studies = evaluation_studies(backend, specs, config, processes, say, cache_dir)
     for index, (spec, study) in enumerate(zip(specs, studies), 1):
         case = study.case
         scores = evaluate_case(backend, case, config, pred_dir, truth_dir, study.study)

@@ -29,7 +29,8 @@ from pipeline.evaluation_report import write_report
 from pipeline.model import select_device
 from pipeline.model_cascade import cascade_on_prediction
 from pipeline.train import case_model_input, dice_per_class
-from pipeline.training_data import make_cases, tuning_specs
+from pipeline.phantom_evaluation import evaluation_studies
+from pipeline.training_data import tuning_specs
 from pipeline.types import LESION_LABELS, Label
 
 SMALL_STRATA = ("<0.5", "0.5-2")
@@ -81,15 +82,20 @@ def main() -> None:
     variants = dict(parse_variant(v) for v in (args.variant or ["paper:"]))
     specs = tuning_specs(args.studies)
     backend = CardBackend(args.model, select_device("auto"))
-    cases = make_cases(specs, backend.preprocessing, 2, print, cache_dir=args.work / "cases")
+    config = next(iter(variants.values()))
+    if any(c.lesion_typing != config.lesion_typing for c in variants.values()):
+        config = replace(config, lesion_typing=True)  # one variant types: give it the studies' volumes
+    studies = evaluation_studies(backend, specs, config, 2, print, cache_dir=args.work / "cases")
     truth_dir = args.work / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
     liver_dice = []
     cascade_liver_dice: dict[str, list[float]] = {name: [] for name in variants}
-    for case in cases:
+    for study in studies:
+        case = study.case
         np.savez_compressed(truth_dir / f"{case.case_id}.npz", labels=case.labels,
                             spacing_mm=np.asarray(case.geometry.spacing_mm, dtype=np.float64))
-        prediction = backend.predict_model_input(case_model_input(case, backend.preprocessing))
+        prediction = replace(backend.predict_model_input(case_model_input(case, backend.preprocessing)),
+                             study=study.study)
         liver = (int(Label.LIVER),) + LESION_LABELS
         predicted_liver = np.isin(prediction.probabilities.argmax(axis=0), liver).astype(np.uint8)
         liver_dice.append(dice_per_class(predicted_liver, np.isin(case.labels, liver).astype(np.uint8), [1])[1])

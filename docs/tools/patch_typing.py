@@ -114,7 +114,12 @@ def main() -> None:
         print(f"trained on {count} patches in {time.perf_counter() - started:.0f} s")
     network = load_native_network(weights, spec, device)
     backend = CardBackend(args.whole_model, device) if args.whole_model else None
-    typer = CardBackend(args.typer_model, device).lesion_typer() if args.typer_model else None
+    typer_backend = CardBackend(args.typer_model, device) if args.typer_model else None
+    typer = typer_backend.lesion_typer() if typer_backend is not None else None
+    grid = typer_backend.typer_feature_grid() if typer_backend is not None else None
+    if grid is not None and grid.from_study:
+        raise SystemExit(f"{args.typer_model}: its lesion typer reads the study's own HU; this tool reads working-grid "
+                         "features only (docs/tools/cascade_variants.py runs the whole cascade)")
     if args.typer_model and typer is None:
         raise SystemExit(f"{args.typer_model}: the model card has no lesion typer")
     cases = make_cases(tuning_specs(args.studies), prep, 2, print, cache_dir=args.cache)

@@ -56,6 +56,9 @@ def main() -> None:
     typer, grid = backend.lesion_typer(), backend.typer_feature_grid()
     if typer is None or grid is None:
         raise SystemExit(f"{args.model}: the model card has no lesion typer")
+    if grid is not None and grid.from_study:
+        raise SystemExit(f"{args.model}: its lesion typer reads the study's own HU; this tool reads working-grid "
+                         "features only (docs/tools/cascade_variants.py runs the whole cascade)")
     config = CascadeConfig()
     tally = {way: Counter() for way in WAYS}
     for spec in tuning_specs(args.studies):

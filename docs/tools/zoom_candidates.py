@@ -43,6 +43,9 @@ def main() -> None:
     typer = backend.lesion_typer()
     if typer is None:
         parser.error(f"{args.model} has no lesion typer")
+    if backend.typer_feature_grid() is not None and backend.typer_feature_grid().from_study:
+        raise SystemExit(f"{args.model}: its lesion typer reads the study's own HU; this tool reads working-grid "
+                         "features only (docs/tools/cascade_variants.py runs the whole cascade)")
     prep, config = backend.preprocessing, CascadeConfig()
     true_hits: list[tuple[str, int, int]] = []
     false_kept: list[tuple[str, int]] = []
