@@ -166,21 +166,20 @@ def _train_patch(args: argparse.Namespace) -> int:
 
 
 def _typer_grid(text: str | None, prep):
-    """--typer-grid: None -> the default of new typers (the working grid, HU from the study,
-    anti-aliased); 'working' -> None (the working grid's own HU); 'Z,Y,X' -> that spacing,
-    anti-aliased, HU from the study."""
+    """--typer-grid: None -> None (the working grid's own HU, as the bundled typer); 'study' -> the
+    working grid with HU from the study, anti-aliased; 'Z,Y,X' -> that spacing, likewise."""
     from pipeline.typer_grid import FeatureGrid, study_feature_grid
 
     if text is None:
-        return study_feature_grid(prep)
-    if text == "working":
         return None
+    if text == "study":
+        return study_feature_grid(prep)
     try:
         spacing = tuple(float(v) for v in text.split(","))
     except ValueError:
         spacing = ()
     if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"--typer-grid takes three positive millimetre values Z,Y,X or 'working', not {text!r}")
+        raise ValueError(f"--typer-grid takes 'study' or three positive millimetre values Z,Y,X, not {text!r}")
     return FeatureGrid(spacing, anti_alias=True, from_study=True)  # type: ignore[arg-type]
 
 
@@ -279,10 +278,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="typer: mine the 'not a lesion' rows with the model this livernode configuration "
                             "file's model section loads (e.g. the nnU-Net model that will use this typer through "
                             "model.typer_dir) instead of the folder's own UNet_whole")
-    train.add_argument("--typer-grid", metavar="Z,Y,X|working",
-                       help="typer: the grid its features are read on, from the study's own volumes "
-                            "(anti-aliased; default: the model folder's working grid spacing), or 'working': "
-                            "the working grid's own HU (typers before session 23)")
+    train.add_argument("--typer-grid", metavar="study|Z,Y,X",
+                       help="typer: read its features from each study's own HU, anti-aliased onto the model "
+                            "folder's working grid ('study') or onto a grid of Z,Y,X mm (default: the working "
+                            "grid's own HU, as the bundled typer)")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")

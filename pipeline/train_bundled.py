@@ -96,8 +96,9 @@ class BundledRecipe:
     typer_studies: int = 120
     typer_iterations: int = 3000
     #: the typer reads its features from the study's own HU, anti-aliased onto the working grid
-    #: (``pipeline.typer_grid.study_feature_grid``); False: the working grid's HU (before session 23)
-    typer_reads_study: bool = True
+    #: (``pipeline.typer_grid.study_feature_grid``), instead of the working grid's HU (the bundled
+    #: typer's): not better on the 48 held-out studies (docs/models.md, "Session 23")
+    typer_reads_study: bool = False
     processes: int = 2
     loader_workers: int = 0
     device: str = "auto"

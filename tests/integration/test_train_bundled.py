@@ -5,6 +5,7 @@ evaluation runs (with the typer), and the card says where UNet_whole started. Ta
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.model import BUNDLED_MODEL_DIR, read_model_card
@@ -16,7 +17,8 @@ def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) 
     bundled = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))
     start = BUNDLED_MODEL_DIR / bundled["whole"]["file"]
     messages: list[str] = []
-    recipe = BundledRecipe().type_balanced().small()
+    # with a typer reading the studies' own HU (not the bundled recipe's default), to run that path end to end
+    recipe = replace(BundledRecipe().type_balanced().small(), typer_reads_study=True)
     card_path = train_bundled(tmp_path / "model", tmp_path / "work", recipe, progress=messages.append,
                               whole_start=start)
     card = read_model_card(card_path.parent)

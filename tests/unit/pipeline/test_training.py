@@ -168,22 +168,21 @@ def test_train_whole_then_patch_gives_a_loadable_model_and_resumes(tmp_path: Pat
     card = read_model_card(model_dir)
     assert card.typer is not None and card.patch is not None  # UNet_patch kept
     assert card.typer.training["iterations"] == 30 and sum(card.typer.training["rows_by_type"].values()) > 0
-    # by default it reads its features from the study's own volumes, anti-aliased onto the working grid
-    grid = study_feature_grid(card.preprocessing)
-    assert card.typer.feature_grid == grid.to_json() and grid.from_study and grid.anti_alias
+    assert card.typer.feature_grid is None  # the working grid's own HU, as the bundled typer
     backend = CardBackend(model_dir, select_device("cpu"))
-    assert backend.lesion_typer() is not None and backend.typer_feature_grid() == grid
+    assert backend.lesion_typer() is not None and backend.typer_feature_grid() == FeatureGrid.of(card.preprocessing)
     result = cascade_on_prediction(backend.predict(volumes.hu, volumes.geometry), backend, CascadeConfig())
     assert any(d.stage == "lesion typing" for d in result.decisions)
     result = cascade_on_prediction(backend.predict(volumes.hu, volumes.geometry), backend,
                                    CascadeConfig(lesion_typing=False))
     assert not any(d.stage == "lesion typing" for d in result.decisions)
-    # --typer-grid working: the typer of earlier sessions, on the working grid's HU
+    # --typer-grid study: its features from each study's own volumes, anti-aliased onto the working grid
     assert main(["train", "typer", "--model", str(model_dir), "--data", str(dataset_folder), "--typer-grid",
-                 "working", "--validation-fraction", "0", "--iterations", "30", "--work", str(work)]) == 0
-    assert read_model_card(model_dir).typer.feature_grid is None
+                 "study", "--validation-fraction", "0", "--iterations", "30", "--work", str(work)]) == 0
+    grid = study_feature_grid(card.preprocessing)
+    assert read_model_card(model_dir).typer.feature_grid == grid.to_json() and grid.from_study and grid.anti_alias
     backend = CardBackend(model_dir, select_device("cpu"))
-    assert backend.typer_feature_grid() == FeatureGrid.of(card.preprocessing)
+    assert backend.typer_feature_grid() == grid
     result = cascade_on_prediction(backend.predict(volumes.hu, volumes.geometry), backend, CascadeConfig())
     assert any(d.stage == "lesion typing" for d in result.decisions)
 
@@ -242,8 +241,8 @@ def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None
     assert "--organ-weight applies to 'whole' only" in capsys.readouterr().err
     typer = ["train", "typer", "--phantoms", "2", "--model", str(BUNDLED_MODEL_DIR), "--work", str(tmp_path / "w")]
     assert main(typer + ["--typer-grid", "2,0,1.5"]) == 1
-    assert "--typer-grid takes three positive millimetre values Z,Y,X or 'working'" in capsys.readouterr().err
-    assert main(["train", "whole", "--phantoms", "2", "--out", str(tmp_path / "m"), "--typer-grid", "working"]) == 1
+    assert "--typer-grid takes 'study' or three positive millimetre values Z,Y,X" in capsys.readouterr().err
+    assert main(["train", "whole", "--phantoms", "2", "--out", str(tmp_path / "m"), "--typer-grid", "study"]) == 1
     assert "--typer-grid applies to 'typer' only" in capsys.readouterr().err
     assert main(typer + ["--miner-config", str(tmp_path / "absent.yaml")]) == 1
     assert "absent.yaml" in capsys.readouterr().err
