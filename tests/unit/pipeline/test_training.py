@@ -20,7 +20,7 @@ from pipeline.model_cascade import cascade_on_prediction
 from pipeline.phantom import make_phantom
 from pipeline.train import TrainConfig
 from pipeline.train_models import ModelShape, TrainingSource, train_patch_model, train_whole_model
-from pipeline.training_data import PhantomCaseSpec, make_cases
+from pipeline.training_data import PhantomCaseSpec, generator_sources, make_cases
 from pipeline.typer_grid import FeatureGrid, study_feature_grid
 from pipeline.training_dataset import (
     DatasetError,
@@ -73,6 +73,10 @@ def test_case_cache_reads_back_the_same_case(tmp_path: Path) -> None:
     other = make_cases([spec], Preprocessing(target_spacing_mm=(6.0, 6.0, 6.0)), cache_dir=tmp_path)[0]
     assert other.labels.shape != made.labels.shape
     assert len(list(tmp_path.glob("*.npz"))) == 2
+    # the key follows the generator's sources, not the phantom evaluation or figure modules
+    names = {path.name for path in generator_sources()}
+    assert {"phantom.py", "phantom_lesions.py", "phantom_render.py"} <= names
+    assert not names & {"phantom_evaluation.py", "phantom_figure.py"}
 
 
 def test_dataset_folder_reads_cases_with_missing_phases(dataset_folder: Path) -> None:
