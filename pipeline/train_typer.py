@@ -142,7 +142,11 @@ def case_truth_rows(
     labels = [int(lesion.lesion_type) for lesions in outlines for lesion in lesions]
     if not features:
         return np.zeros((0, feature_count()), dtype=np.float32), np.zeros(0, dtype=np.int64)
-    return np.concatenate(features), np.asarray(labels, dtype=np.int64)
+    # rows lesion by lesion (as labelled, dilated, eroded), the order the typer's batches were drawn
+    # from when the bundled typer was trained, so its weights are reproduced
+    owners = [(lesion.lesion_id, kind) for kind, lesions in enumerate(outlines) for lesion in lesions]
+    order = sorted(range(len(owners)), key=owners.__getitem__)
+    return np.concatenate(features)[order], np.asarray(labels, dtype=np.int64)[order]
 
 
 def typer_rows(
