@@ -238,7 +238,9 @@ def test_failing_studies_are_quarantined_and_the_queue_flows(node_factory, study
     hang = study_factory(17, marker="SLEEP")
     hog = study_factory(18, marker="MEMORY")
     good = study_factory(19)
-    node = node_factory([_cstore(storescp)], max_attempts=2, timeout_s=3,
+    # 8 s: the memory hog must hit its limit within the timeout even on a loaded machine (at 3 s it
+    # once timed out instead, in CI); the sleeping study still times out
+    node = node_factory([_cstore(storescp)], max_attempts=2, timeout_s=8,
                         extra={"worker": {"memory_limit_mb": 1500}})
     for study in (crash, hang, hog, good):
         sent = storescu(node.dicom_port, study.files)
