@@ -110,12 +110,12 @@ def _source(args: argparse.Namespace):
                           validation_fraction=args.validation_fraction, type_balanced=args.type_balanced)
 
 
-def _spacing(text: str) -> tuple[float, ...]:
+def _spacing(text: str, option: str = "--spacing") -> tuple[float, ...]:
     """'4,2,2' (z, y, x in mm) -> (4.0, 2.0, 2.0); ``train_whole_model`` checks count and sign."""
     try:
         return tuple(float(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise ValueError(f"--spacing takes three positive millimetre values Z,Y,X (e.g. 4,2,2), not {text!r}") from None
+        raise ValueError(f"{option} takes three positive millimetre values Z,Y,X (e.g. 4,2,2), not {text!r}") from None
 
 
 def _train_whole(args: argparse.Namespace) -> int:
@@ -174,10 +174,7 @@ def _typer_grid(text: str | None, prep):
         return None
     if text == "study":
         return study_feature_grid(prep)
-    try:
-        spacing = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        spacing = ()
+    spacing = _spacing(text, "--typer-grid")
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"--typer-grid takes 'study' or three positive millimetre values Z,Y,X, not {text!r}")
     return FeatureGrid(spacing, anti_alias=True, from_study=True)  # type: ignore[arg-type]
