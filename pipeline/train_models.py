@@ -38,7 +38,7 @@ from pipeline.training_data import (
     sample_case_spec,
     type_balanced_training_specs,
 )
-from pipeline.training_dataset import load_cases, read_dataset, split_by_patient
+from pipeline.training_dataset import DatasetCase, load_cases, read_dataset, split_by_patient
 from pipeline.train_typer import TyperStudy
 from pipeline.typer_studies import dataset_typer_studies, phantom_typer_studies
 from pipeline.types import LESION_LABELS, Label
@@ -69,8 +69,7 @@ class TrainingSource:
             list[TrainingCase], list[TrainingCase]]:
         """Training and validation cases on the working grid (validation split by patient)."""
         if self.dataset is not None:
-            dataset = read_dataset(self.dataset)
-            train, validation = split_by_patient(dataset, self.validation_fraction)
+            train, validation = self._dataset_split()
             say(f"{self.dataset}: {len(train)} training and {len(validation)} validation cases")
             return load_cases(train, prep, say), load_cases(validation, prep, say)
         specs = self._phantom_specs()
@@ -81,6 +80,10 @@ class TrainingSource:
         validation = make_cases([sample_case_spec(VALIDATION_SEED_BASE + i) for i in range(validation_count)], prep,
                                 self.processes, say, cache_dir=cache)
         return train, validation
+
+    def _dataset_split(self) -> tuple[list[DatasetCase], list[DatasetCase]]:
+        assert self.dataset is not None
+        return split_by_patient(read_dataset(self.dataset), self.validation_fraction)
 
     def _phantom_specs(self) -> list[PhantomCaseSpec]:
         if self.phantoms < 1:
@@ -93,7 +96,7 @@ class TrainingSource:
         """The training studies (not the validation ones) for the lesion typer, one at a time; with
         `with_study`, with their own volumes (``pipeline.typer_studies``)."""
         if self.dataset is not None:
-            train, _ = split_by_patient(read_dataset(self.dataset), self.validation_fraction)
+            train, _ = self._dataset_split()
             say(f"{self.dataset}: {len(train)} training cases for the lesion typer")
             return dataset_typer_studies(train, prep, with_study)
         return phantom_typer_studies(self._phantom_specs(), prep, with_study, self.processes, say,

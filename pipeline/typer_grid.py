@@ -91,8 +91,7 @@ def study_feature_grid(prep: Preprocessing) -> FeatureGrid:
     typer --typer-grid study``): on validation phantoms it types a few more lesions right than the
     working grid's own HU, on the 48 held-out studies it is not better (docs/models.md, "Session
     23")."""
-    return FeatureGrid(tuple(float(v) for v in prep.target_spacing_mm), anti_alias=True,  # type: ignore[arg-type]
-                       from_study=True)
+    return dataclasses.replace(FeatureGrid.of(prep), anti_alias=True, from_study=True)
 
 
 @dataclass(frozen=True)

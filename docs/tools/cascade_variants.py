@@ -82,10 +82,9 @@ def main() -> None:
     variants = dict(parse_variant(v) for v in (args.variant or ["paper:"]))
     specs = tuning_specs(args.studies)
     backend = CardBackend(args.model, select_device("auto"))
-    config = next(iter(variants.values()))
-    if any(c.lesion_typing != config.lesion_typing for c in variants.values()):
-        config = replace(config, lesion_typing=True)  # one variant types: give it the studies' volumes
-    studies = evaluation_studies(backend, specs, config, 2, print, cache_dir=args.work / "cases")
+    typing = any(config.lesion_typing for config in variants.values())  # then a typer may need the volumes
+    studies = evaluation_studies(backend, specs, replace(CascadeConfig(), lesion_typing=typing), 2, print,
+                                 cache_dir=args.work / "cases")
     truth_dir = args.work / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
     liver_dice = []
