@@ -36,6 +36,7 @@ import numpy as np
 from pipeline.classify import JointVerdict, classify_patient, joint_verdict
 from pipeline.config import CascadeConfig
 from pipeline.lesion_typer import LesionTyper, retype_lesions
+from pipeline.lesion_growth import grow_lesions
 from pipeline.liver_region import keep_largest_liver_region, threshold_liver
 from pipeline.livermax import livermax_vector
 from pipeline.matching import SensitivityMatch, match_sensitivities
@@ -162,10 +163,17 @@ def sensitivity_label_maps(
     """Step 1: the label map at every sensitivity factor (and LiverMax) with the liver outline
     steps the configuration turns on (``pipeline.liver_region``). Training code that needs the
     cascade's own detections (the typer's false positives) calls this too."""
-    multi = scaled_argmax(probabilities, config.sensitivity_factors, slab_slices=config.slab_slices,
+    growth = config.lesion_growth_factor
+    factors = config.sensitivity_factors
+    if growth:
+        factors = factors + tuple(f * growth for f in factors)
+    multi = scaled_argmax(probabilities, factors, slab_slices=config.slab_slices,
                           compute_livermax=compute_livermax)
     maps = {}
-    for factor, labels in multi.label_maps.items():
+    for factor in config.sensitivity_factors:
+        labels = multi.label_maps[factor]
+        if growth:
+            labels = grow_lesions(labels, multi.label_maps[factor * growth])
         if config.liver_probability_threshold > 0:
             labels = threshold_liver(labels, probabilities, config.liver_probability_threshold, config.slab_slices)
         if config.keep_largest_liver_region:

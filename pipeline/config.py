@@ -22,6 +22,9 @@ class CascadeConfig:
 
     #: lesion probability factors; the first is "base", the last "high" sensitivity.
     sensitivity_factors: tuple[float, ...] = (1.0, 4.0)
+    #: hysteresis: a lesion found at factor f takes its outline from the map at f x this factor
+    #: (pipeline.lesion_growth; 0 turns it off, values above 1 turn it on).
+    lesion_growth_factor: float = 0.0
     #: lesions larger than this skip reclassification (kept as found).
     reclassify_max_volume_ml: float = 64.0
     #: a lesion whose mean overlap score is below this is dropped.
@@ -57,6 +60,8 @@ class CascadeConfig:
         _require(0.0 <= self.liver_probability_threshold < 1.0, "liver_probability_threshold",
                  "must be at least 0 (off) and below 1")
         _require(all(f > 0 for f in self.sensitivity_factors), "sensitivity_factors", "factors must be > 0")
+        _require(self.lesion_growth_factor == 0 or self.lesion_growth_factor > 1, "lesion_growth_factor",
+                 "must be 0 (off) or above 1")
         _require(self.reclassify_max_volume_ml > 0, "reclassify_max_volume_ml", "must be > 0")
         _require(self.reclassify_threshold_ml >= 0, "reclassify_threshold_ml", "must be >= 0")
         _require(
