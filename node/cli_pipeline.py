@@ -71,6 +71,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("--spacing applies to 'whole' only (patch and typer use their model folder's grid)")
         if args.organ_weight != 1.0 and args.what != "whole":
             raise ValueError("--organ-weight applies to 'whole' only")
+        if args.blob_weight and args.what != "whole":
+            raise ValueError("--blob-weight applies to 'whole' only")
         if args.miner_config and args.what != "typer":
             raise ValueError("--miner-config applies to 'typer' only")
         if args.typer_grid and args.what != "typer":
@@ -132,6 +134,7 @@ def _train_whole(args: argparse.Namespace) -> int:
                          lesion_class_weight=args.lesion_weight or recipe.whole_lesion_weight,
                          organ_class_weight=args.organ_weight,
                          lesion_union_weight=recipe.lesion_union_weight if args.union_weight is None else args.union_weight,
+                         lesion_blob_weight=args.blob_weight,
                          device=args.device,
                          validate_every=max(1, (args.iterations or 2000) // 4), seed=1,
                          learning_rate=default_rate if args.learning_rate is None else args.learning_rate,
@@ -249,6 +252,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="whole: loss weight of the organs and vessels besides the liver (labels 8-13; default 1)")
     train.add_argument("--union-weight", type=float,
                        help="weight of the 'any lesion' Dice term of the loss (default 1; 0: per-class terms only)")
+    train.add_argument("--blob-weight", type=float, default=0.0,
+                       help="whole: weight of the per-lesion ('blob') Dice term, every lesion of a crop counting "
+                            "alike however small (default 0: off)")
     train.add_argument("--validation-fraction", type=float, default=0.1, help="patients held out for validation")
     train.add_argument("--hard-case-studies", type=int, default=20, help="studies mined for hard cases (patch)")
     train.add_argument("--type-balance", type=float,

@@ -94,6 +94,9 @@ class TrainConfig:
     organ_class_weight: float = 1.0
     #: weight of the soft Dice of the lesion-class union ("any lesion"; pipeline.training_loss)
     lesion_union_weight: float = 0.0
+    #: weight of the per-lesion-instance ("blob") Dice of the lesion union (pipeline.training_loss):
+    #: every lesion of a crop counts alike, however small
+    lesion_blob_weight: float = 0.0
     #: auto: bfloat16 autocast where the hardware runs it fast (pipeline.model.bf16_supported)
     precision: str = "auto"
     #: where the lesion-centred crops are centred: "voxels" (any lesion voxel, so large lesions are
@@ -339,7 +342,8 @@ def train_network(
     organs = [int(label) for label in OTHER_ORGAN_LABELS] if spec.out_channels == NUM_CLASSES else []
     loss_fn = SegmentationLoss(spec.out_channels, LESION_LABELS, config.lesion_class_weight,
                                config.lesion_union_weight, organ_labels=organs,
-                               organ_class_weight=config.organ_class_weight).to(device)
+                               organ_class_weight=config.organ_class_weight,
+                               blob_weight=config.lesion_blob_weight).to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / f"{Path(weights_name).stem}.checkpoint.pt"
     start = 0

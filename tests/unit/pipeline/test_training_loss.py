@@ -77,3 +77,43 @@ def test_organ_weights_are_monai_class_weights_of_the_organs_besides_the_liver()
     assert torch.allclose(ours(logits, label), reference(logits, label))
     with pytest.raises(ValueError, match="class weights must be > 0"):
         SegmentationLoss(NUM_CLASSES, LESION_LABELS, organ_labels=range(8, 14), organ_class_weight=0.0)
+
+
+def _two_lesions() -> torch.Tensor:
+    label = torch.zeros(1, 1, 6, 16, 16, dtype=torch.long)
+    label[..., :, :, 12:] = 7  # liver
+    label[..., 1:5, 1:9, 1:9] = 3  # a large metastasis, 256 voxels
+    label[..., 2:4, 12:14, 12:14] = 2  # a small ICC, 8 voxels, apart from it
+    return label
+
+
+def test_blob_term_makes_a_missed_small_lesion_cost_as_much_as_a_missed_large_one() -> None:
+    label = _two_lesions()
+    small_missed, large_missed = label.clone(), label.clone()
+    small_missed[label == 2] = 7
+    large_missed[label == 3] = 7
+    blob = SegmentationLoss(NUM_CLASSES, LESION_LABELS, blob_weight=1.0)
+    plain = SegmentationLoss(NUM_CLASSES, LESION_LABELS)
+    union = SegmentationLoss(NUM_CLASSES, LESION_LABELS, union_weight=1.0)
+
+    def term(loss: SegmentationLoss, prediction: torch.Tensor) -> float:
+        return float(loss(_confident_logits(prediction), label) - plain(_confident_logits(prediction), label))
+
+    assert term(blob, label) == pytest.approx(0.0, abs=1e-4)
+    assert term(blob, small_missed) == pytest.approx(0.5, abs=1e-3)  # one of two instances lost
+    assert term(blob, large_missed) == pytest.approx(0.5, abs=1e-3)
+    # the union Dice barely notices the small one
+    assert term(union, small_missed) < 0.02 < 0.9 < term(union, large_missed)
+
+
+def test_blob_term_masks_the_other_lesions_and_needs_no_lesion_in_the_batch() -> None:
+    label = _two_lesions()
+    logits = torch.zeros(1, NUM_CLASSES, 6, 16, 16, requires_grad=True)
+    SegmentationLoss(NUM_CLASSES, LESION_LABELS, blob_weight=1.0)(logits, label).backward()
+    assert float(logits.grad[0, 2][label[0, 0] == 2].mean()) < 0  # more lesion inside the small one helps
+    no_lesion = torch.full((1, 1, 6, 16, 16), 7, dtype=torch.long)
+    loss = SegmentationLoss(NUM_CLASSES, LESION_LABELS, blob_weight=1.0)
+    assert float(loss(_confident_logits(no_lesion), no_lesion)) == pytest.approx(
+        float(SegmentationLoss(NUM_CLASSES, LESION_LABELS)(_confident_logits(no_lesion), no_lesion)), abs=1e-6)
+    with pytest.raises(ValueError, match="blob_weight"):
+        SegmentationLoss(NUM_CLASSES, LESION_LABELS, blob_weight=-0.5)
