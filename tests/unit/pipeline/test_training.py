@@ -202,10 +202,13 @@ def test_fine_tuning_starts_from_the_given_model(tmp_path: Path, dataset_folder:
                       other_shape, init_model=base)
     assert read_model_card(tuned).preprocessing == TINY_PREP
     # --anti-alias on a fine-tuned model changes only that setting of the init model's preprocessing
+    # (trained with the per-lesion "blob" loss term, which the card records)
     smoothed = tmp_path / "smoothed"
-    train_whole_model(smoothed, tmp_path / "w3", source, TrainConfig(iterations=1, batch_size=1), other_shape,
-                      init_model=base, anti_alias=True)
+    train_whole_model(smoothed, tmp_path / "w3", source, TrainConfig(iterations=2, batch_size=1, lesion_blob_weight=1.0),
+                      other_shape, init_model=base, anti_alias=True)
     assert read_model_card(smoothed).preprocessing == replace(TINY_PREP, anti_alias=True)
+    card = json.loads((smoothed / "model_card.json").read_text(encoding="utf-8"))
+    assert card["metrics"]["whole_training"]["lesion_blob_weight"] == 1.0
     # a fine-tune onto another working grid changes only the spacing
     finer = tmp_path / "finer"
     train_whole_model(finer, tmp_path / "w4", source, TrainConfig(iterations=1, batch_size=1), other_shape,
@@ -243,6 +246,8 @@ def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None
     assert "--miner-config applies to 'typer' only" in capsys.readouterr().err
     assert main(["train", "patch", "--phantoms", "2", "--model", str(tmp_path), "--organ-weight", "4"]) == 1
     assert "--organ-weight applies to 'whole' only" in capsys.readouterr().err
+    assert main(["train", "typer", "--phantoms", "2", "--model", str(tmp_path), "--blob-weight", "1"]) == 1
+    assert "--blob-weight applies to 'whole' only" in capsys.readouterr().err
     typer = ["train", "typer", "--phantoms", "2", "--model", str(BUNDLED_MODEL_DIR), "--work", str(tmp_path / "w")]
     assert main(typer + ["--typer-grid", "2,0,1.5"]) == 1
     assert "--typer-grid takes 'study' or three positive millimetre values Z,Y,X" in capsys.readouterr().err
