@@ -4,7 +4,8 @@
 the HU volumes per phase on the same grid, the grid's geometry, an optional patch model and the
 :class:`~pipeline.config.CascadeConfig`, and returns a :class:`CascadeResult`:
 
-1. label maps at every sensitivity factor plus LiverMax, in one slab-wise pass (no second inference);
+1. label maps at every sensitivity factor plus LiverMax, in one slab-wise pass (no second inference),
+   lesions optionally grown by hysteresis (``pipeline.lesion_growth``, off by default);
    the liver outline of the base and high maps redrawn (``pipeline.liver_region``: liver only where
    P(liver or lesion) exceeds ``liver_probability_threshold``, then its largest connected region);
 2. seg2det on the base (first factor) and high (last factor) maps;
@@ -35,8 +36,8 @@ import numpy as np
 
 from pipeline.classify import JointVerdict, classify_patient, joint_verdict
 from pipeline.config import CascadeConfig
-from pipeline.lesion_typer import LesionTyper, retype_lesions
 from pipeline.lesion_growth import grow_lesions
+from pipeline.lesion_typer import LesionTyper, retype_lesions
 from pipeline.liver_region import keep_largest_liver_region, threshold_liver
 from pipeline.livermax import livermax_vector
 from pipeline.matching import SensitivityMatch, match_sensitivities
