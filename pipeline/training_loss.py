@@ -39,6 +39,11 @@ def lesion_instances(lesion_truth: torch.Tensor) -> list[tuple[int, torch.Tensor
     return out
 
 
+def soft_dice(probability: torch.Tensor, truth: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """Soft Dice of a probability map against a 0/1 truth of the same shape, summed over all voxels."""
+    return (2.0 * (probability * truth).sum() + smooth) / (probability.sum() + truth.sum() + smooth)
+
+
 def blob_dice_loss(lesion_probability: torch.Tensor, lesion_truth: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
     """Mean over lesion instances of 1 - soft Dice of `lesion_probability` (B, Z, Y, X) against that
     instance, the other instances of its sample masked out (Kofler et al.'s blob loss); 0 when the
@@ -50,9 +55,7 @@ def blob_dice_loss(lesion_probability: torch.Tensor, lesion_truth: torch.Tensor,
     for index, instance in instances:
         keep = ~(lesion_truth[index] & ~instance)  # everything but the other lesions
         p = lesion_probability[index] * keep
-        t = instance.to(p.dtype)
-        dice = (2.0 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
-        losses.append(1.0 - dice)
+        losses.append(1.0 - soft_dice(p, instance.to(p.dtype), smooth))
     return torch.stack(losses).mean()
 
 
@@ -97,10 +100,7 @@ class SegmentationLoss(torch.nn.Module):
             lesion_probability = probabilities.index_select(1, self.lesion_index).sum(dim=1)
             lesion_mask = torch.isin(label[:, 0], self.lesion_index)
             if self.union_weight > 0:
-                lesion_truth = lesion_mask.to(lesion_probability.dtype)
-                intersection = (lesion_probability * lesion_truth).sum()
-                denominator = lesion_probability.sum() + lesion_truth.sum()
-                union_dice = (2.0 * intersection + self.smooth) / (denominator + self.smooth)
+                union_dice = soft_dice(lesion_probability, lesion_mask.to(lesion_probability.dtype), self.smooth)
                 loss = loss + self.union_weight * (1.0 - union_dice)
             if self.blob_weight > 0:
                 loss = loss + self.blob_weight * blob_dice_loss(lesion_probability, lesion_mask, self.smooth)
