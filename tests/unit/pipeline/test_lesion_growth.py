@@ -32,10 +32,12 @@ def test_a_region_touching_a_seed_only_at_a_corner_grows_and_seed_labels_are_kep
     seeds = np.full((4, 4, 4), LIVER, np.uint8)
     extent = seeds.copy()
     seeds[1, 1, 1] = extent[1, 1, 1] = META
-    extent[2, 2, 2] = ICC  # diagonal neighbour
+    extent[1, 2, 2] = ICC  # in-plane diagonal neighbour: one lesion to seg2det
+    extent[2, 3, 3] = ICC  # diagonal across slices only: another lesion to seg2det, so it does not grow
     extent[1, 1, 1] = ICC  # the extent map may type the seed voxel otherwise: the seed keeps its label
     grown = grow_lesions(seeds, extent)
-    assert grown[2, 2, 2] == ICC and grown[1, 1, 1] == META
+    assert grown[1, 2, 2] == ICC and grown[1, 1, 1] == META
+    assert grown[2, 3, 3] == LIVER
 
 
 def test_nothing_to_grow_returns_the_seed_map_itself() -> None:
