@@ -57,7 +57,7 @@ class BundledRecipe:
 
     train_studies: int = 60
     validation_studies: int = 2
-    held_out_studies: int = 16
+    held_out_studies: int = 48
     whole_iterations: int = 2000
     #: lesion class weight of the first UNet_whole stage
     whole_lesion_weight: float = 2.0
@@ -75,12 +75,21 @@ class BundledRecipe:
     whole_polish_lesion_weight: float = 1.5
     #: type-balanced training studies (pipeline.training_data.type_balanced_training_specs; they
     #: include the first `train_studies` seeds where the quotas allow): the data of the fourth
-    #: UNet_whole stage and of UNet_patch (0: both use the first `train_studies` studies; the
-    #: bundled weights). :meth:`type_balanced` sets this and the settings below.
-    typing_studies: int = 0
-    #: a fourth stage on the type-balanced studies at a low learning rate (0 iterations: none)
-    whole_typing_iterations: int = 0
-    whole_typing_learning_rate: float = 5e-4
+    #: UNet_whole stage, and of UNet_patch with `patch_on_typing_studies` (0: every stage uses the
+    #: first `train_studies` studies).
+    typing_studies: int = 120
+    #: a fourth, long stage on the type-balanced studies (0 iterations: none). Added in session 25:
+    #: 3800 iterations had left UNet_whole under-trained (four organs never learnt, 0.6 ml cysts at
+    #: -80 HU called liver); docs/models.md, "Session 25".
+    whole_typing_iterations: int = 6500
+    whole_typing_learning_rate: float = 1e-3
+    #: UNet_patch trains on the type-balanced studies (else on the first `train_studies`)
+    patch_on_typing_studies: bool = False
+    #: the UNet_whole stage whose detections give UNet_patch's hard cases and the lesion typer's
+    #: "not a lesion" rows ("": the last stage). The bundled heads were mined with the polished
+    #: (third) stage and kept when the fourth stage was added: retrained on the fourth stage's
+    #: detections the typer left more patients uncertain on validation (7 against 3).
+    heads_mined_with: str = "unet_whole_polished.pt"
     whole_batch_size: int = 2
     patch_iterations: int = 2500
     patch_batch_size: int = 16
@@ -123,12 +132,10 @@ class BundledRecipe:
         return whole, patch, prep
 
     def type_balanced(self) -> "BundledRecipe":
-        """The bundled recipe plus type-balanced training data for lesion typing (docs/models.md,
-        "Lesion typing"): 120 type-balanced studies, a fourth UNet_whole stage on them, and a
-        longer UNet_patch run on them with rare types' patches up to 4x. Not yet run to the end:
-        it needs about 1.5 h more than the bundled recipe on a bf16-capable CPU."""
-        return replace(self, typing_studies=120, whole_typing_iterations=1000, patch_iterations=5000,
-                       patch_type_balance=4.0)
+        """The bundled recipe with UNet_patch trained on the type-balanced studies too (docs/models.md,
+        "Lesion typing"): a longer UNet_patch run with rare types' patches up to 4x. Not yet run to
+        the end."""
+        return replace(self, patch_on_typing_studies=True, patch_iterations=5000, patch_type_balance=4.0)
 
     def small(self) -> "BundledRecipe":
         """A recipe that runs in minutes on a CPU (smoke runs and tests; not the bundled weights)."""
@@ -205,6 +212,10 @@ def train_bundled(
     started = time.perf_counter()
     whole_spec, patch_spec, prep = recipe.networks()
     stages = whole_stages(recipe, prep)
+    stage_names = [stage.weights_name for stage in stages]
+    if recipe.heads_mined_with and recipe.heads_mined_with not in stage_names:
+        raise ValueError(f"heads_mined_with: {recipe.heads_mined_with!r} is not one of the recipe's UNet_whole "
+                         f"stages {stage_names} (or '' for the last)")
     whole: TrainResult | None = None
     start_note: dict = {}
     if whole_start is not None:  # checked before anything is written
@@ -220,7 +231,7 @@ def train_bundled(
     train_specs = [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(recipe.train_studies)]
     typing_specs = type_balanced_training_specs(recipe.typing_studies) if recipe.typing_studies else train_specs
     val_specs = [sample_case_spec(VALIDATION_SEED_BASE + i) for i in range(recipe.validation_studies)]
-    need_train_cases = any(not stage.on_typing_studies for stage in stages)
+    need_train_cases = any(not stage.on_typing_studies for stage in stages) or not recipe.patch_on_typing_studies
     say(f"generating {len(train_specs)} training ({len(typing_specs)} type-balanced) and {len(val_specs)} "
         "validation phantom studies")
     cache_dir = work_dir / "cases"
@@ -234,17 +245,24 @@ def train_bundled(
     val_cases = make_cases(val_specs, prep, recipe.processes, say, cache_dir=cache_dir)
     generation_s = time.perf_counter() - started
 
+    by_stage: dict[str, Path] = {}
+    if whole is not None:  # the started weights stand for the natural-mix stages
+        by_stage.update({stage.weights_name: whole.weights_path for stage in whole_stages(recipe, prep)
+                         if not stage.on_typing_studies})
     for stage in stages:
         cases = typing_cases if stage.on_typing_studies else train_cases
         result = train_network(whole_spec, cases, val_cases, prep, stage.config, work_dir, stage.weights_name,
                                resume=resume, progress=say, init_weights=whole.weights_path if whole else None)
+        by_stage[stage.weights_name] = result.weights_path
         whole = result if whole is None else replace(result, iterations=whole.iterations + result.iterations,
                                                      seconds=whole.seconds + result.seconds)
     if whole is None:
         raise ValueError(f"whole_iterations must be >= 1, got {recipe.whole_iterations}")
 
     device = select_device(recipe.device)
-    network = load_native_network(whole.weights_path, whole_spec, device)
+    miner_weights = by_stage[recipe.heads_mined_with] if recipe.heads_mined_with else whole.weights_path
+    say(f"UNet_patch's hard cases and the typer's false positives: mined with {miner_weights.name}")
+    network = load_native_network(miner_weights, whole_spec, device)
     predictor = WholePredictor(network, prep, device, bf16=use_bf16(device))
     patch_config = TrainConfig(
         iterations=recipe.patch_iterations,
@@ -259,7 +277,8 @@ def train_bundled(
         device=recipe.device,
         seed=3,
     )
-    patch, patch_count = train_patch_network(patch_spec, typing_cases, prep, cascade, patch_config, work_dir,
+    patch_cases = typing_cases if recipe.patch_on_typing_studies else train_cases
+    patch, patch_count = train_patch_network(patch_spec, patch_cases, prep, cascade, patch_config, work_dir,
                                               predictor, recipe.hard_case_studies, resume=resume, progress=say,
                                               type_balance=recipe.patch_type_balance)
 
@@ -306,8 +325,10 @@ def _write(out_dir: Path, prep: Preprocessing, whole: TrainResult, patch: TrainR
            typer: TyperEntry | None) -> Path:
     seeds = sorted({spec.seed for spec in (*train_specs, *typing_specs)})
     if recipe.typing_studies:
-        use = (f"the first {len(train_specs)} for UNet_whole's first stages, {len(typing_specs)} chosen so every "
-               "primary lesion type is equally common for its last stage and UNet_patch")
+        patch_use = "its last stage and UNet_patch" if recipe.patch_on_typing_studies else "its last stage"
+        use = (f"the first {len(train_specs)} for UNet_whole's first stages"
+               f"{'' if recipe.patch_on_typing_studies else ' and UNet_patch'}, {len(typing_specs)} chosen so "
+               f"every primary lesion type is equally common for {patch_use}")
     else:
         use = "natural lesion-type mix, for both networks"
     typer_part = (f"; the lesion typer on the true lesions and UNet_whole's false positives of "

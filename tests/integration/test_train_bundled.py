@@ -37,4 +37,6 @@ def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) 
     # only the type-balanced stage of UNet_whole ran; the natural-mix studies were never made
     assert not any(name in m for m in messages for name in ("unet_whole.pt:", "unet_whole_polished.pt:"))
     assert any("unet_whole_typed.pt: iteration" in m for m in messages)
+    # the heads are mined with the polished stage, which the started weights stand for
+    assert any(f"false positives: mined with {start.name}" in m for m in messages)
     assert not (tmp_path / "work" / "unet_whole.checkpoint.pt").exists()

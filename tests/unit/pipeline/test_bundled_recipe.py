@@ -4,16 +4,16 @@ bundled` reproduces them; the type-balanced recipe changes only its typing setti
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
 from node.cli import main
 from pipeline.model import BUNDLED_MODEL_DIR, ModelLoadError, Preprocessing
-from pipeline.train_bundled import BundledRecipe, started_whole, whole_stages
+from pipeline.train_bundled import BundledRecipe, started_whole, train_bundled, whole_stages
 
-TYPING_FIELDS = {"typing_studies", "whole_typing_iterations", "patch_iterations", "patch_type_balance"}
+TYPING_FIELDS = {"patch_on_typing_studies", "patch_iterations", "patch_type_balance"}
 
 
 def test_default_recipe_is_the_one_recorded_in_the_bundled_model_card() -> None:
@@ -25,19 +25,28 @@ def test_type_balanced_recipe_changes_only_the_typing_settings() -> None:
     base, typed = asdict(BundledRecipe()), asdict(BundledRecipe().type_balanced())
     changed = {key for key in base if base[key] != typed[key]}
     assert changed == TYPING_FIELDS
-    assert typed["typing_studies"] > 0 and typed["whole_typing_iterations"] > 0 and typed["patch_type_balance"] > 1
+    assert typed["patch_on_typing_studies"] and typed["patch_type_balance"] > 1
 
 
 def test_whole_stages_follow_the_recipe() -> None:
     _, _, prep = BundledRecipe().networks()
     bundled = whole_stages(BundledRecipe(), prep)
     assert [stage.weights_name for stage in bundled] == ["unet_whole.pt", "unet_whole_finetuned.pt",
-                                                          "unet_whole_polished.pt"]
-    assert not any(stage.on_typing_studies for stage in bundled)
-    typed = whole_stages(BundledRecipe().type_balanced(), prep)
-    assert typed[:3] == bundled
-    assert typed[3].weights_name == "unet_whole_typed.pt" and typed[3].on_typing_studies
-    assert typed[3].config.iterations == 1000 and typed[3].config.learning_rate == 5e-4
+                                                          "unet_whole_polished.pt", "unet_whole_typed.pt"]
+    assert [stage.on_typing_studies for stage in bundled] == [False, False, False, True]
+    assert bundled[3].config.iterations == 6500 and bundled[3].config.learning_rate == 1e-3
+    assert whole_stages(BundledRecipe().type_balanced(), prep) == bundled
+    without = whole_stages(BundledRecipe(whole_typing_iterations=0), prep)
+    assert [stage.weights_name for stage in without] == [stage.weights_name for stage in bundled[:3]]
+
+
+def test_heads_are_mined_with_a_stage_of_the_recipe(tmp_path: Path) -> None:
+    card = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))
+    assert BundledRecipe().heads_mined_with == "unet_whole_polished.pt"
+    assert card["metrics"]["recipe"]["heads_mined_with"] == "unet_whole_polished.pt"
+    with pytest.raises(ValueError, match="heads_mined_with: 'unet_whole_best.pt'"):
+        train_bundled(tmp_path / "m", tmp_path / "w", replace(BundledRecipe().small(), heads_mined_with="unet_whole_best.pt"))
+    assert not (tmp_path / "w").exists() and not (tmp_path / "m").exists()  # refused before anything was written
 
 
 def test_started_whole_checks_the_weights(tmp_path: Path) -> None:
