@@ -265,8 +265,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "(BundledRecipe.type_balanced; not what made the bundled weights); whole, patch, "
                             "typer with --phantoms: phantom seeds with every primary lesion type equally common")
     train.add_argument("--whole-from", metavar="WEIGHTS",
-                       help="bundled: UNet_whole weights of an earlier run (e.g. pipeline/models/phantom-demo/"
-                            "unet_whole_polished.pt); only the type-balanced stage of UNet_whole runs, from them")
+                       help="bundled: UNet_whole weights of an earlier run's first three stages (e.g. "
+                            "pipeline/models/phantom-demo/unet_whole_polished.pt, which the bundled heads were "
+                            "mined with); only the type-balanced stage of UNet_whole runs, from them")
     train.add_argument("--crop-centres", choices=["voxels", "lesions"], default="voxels",
                        help="whole: centre lesion crops on random lesion voxels (default; large lesions "
                             "dominate) or on every lesion equally often")
