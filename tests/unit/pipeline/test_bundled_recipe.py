@@ -44,6 +44,9 @@ def test_heads_are_mined_with_a_stage_of_the_recipe(tmp_path: Path) -> None:
     card = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))
     assert BundledRecipe().heads_mined_with == "unet_whole_polished.pt"
     assert card["metrics"]["recipe"]["heads_mined_with"] == "unet_whole_polished.pt"
+    polished = card["metrics"]["whole_polished_stage"]  # kept in the folder for --whole-from
+    spec, _, _ = BundledRecipe().networks()
+    assert started_whole(BUNDLED_MODEL_DIR / polished["file"], spec).sha256 == polished["sha256"]
     with pytest.raises(ValueError, match="heads_mined_with: 'unet_whole_best.pt'"):
         train_bundled(tmp_path / "m", tmp_path / "w", replace(BundledRecipe().small(), heads_mined_with="unet_whole_best.pt"))
     assert not (tmp_path / "w").exists() and not (tmp_path / "m").exists()  # refused before anything was written
