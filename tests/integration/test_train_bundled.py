@@ -15,7 +15,7 @@ from pipeline.typer_grid import FeatureGrid, study_feature_grid
 
 def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) -> None:
     bundled = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))
-    start = BUNDLED_MODEL_DIR / bundled["whole"]["file"]
+    start = BUNDLED_MODEL_DIR / bundled["metrics"]["whole_polished_stage"]["file"]  # stages 1-3, as --whole-from takes
     messages: list[str] = []
     # with a typer reading the studies' own HU (not the bundled recipe's default), to run that path end to end
     recipe = replace(BundledRecipe().type_balanced().small(), typer_reads_study=True)
@@ -23,8 +23,9 @@ def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) 
                               whole_start=start)
     card = read_model_card(card_path.parent)
     assert card.whole.file == "unet_whole_typed.pt" and card.patch.file == "unet_patch.pt"
-    assert card.whole.sha256 != bundled["whole"]["sha256"]  # the type-balanced stage changed it
-    assert card.metrics["whole_started_from"] == {"file": start.name, "sha256": bundled["whole"]["sha256"]}
+    polished_sha = bundled["metrics"]["whole_polished_stage"]["sha256"]
+    assert card.whole.sha256 != polished_sha  # the type-balanced stage changed it
+    assert card.metrics["whole_started_from"] == {"file": start.name, "sha256": polished_sha}
     assert card.metrics["recipe"]["typing_studies"] == recipe.typing_studies
     assert "held_out_report" in card.metrics
     assert {"SPLEEN", "STOMACH"} <= set(card.metrics["held_out_organ_dice_mean"])
