@@ -213,6 +213,7 @@ def train_bundled(
     whole_spec, patch_spec, prep = recipe.networks()
     stages = whole_stages(recipe, prep)
     stage_names = [stage.weights_name for stage in stages]
+    natural_names = [stage.weights_name for stage in stages if not stage.on_typing_studies]
     if recipe.heads_mined_with and recipe.heads_mined_with not in stage_names:
         raise ValueError(f"heads_mined_with: {recipe.heads_mined_with!r} is not one of the recipe's UNet_whole "
                          f"stages {stage_names} (or '' for the last)")
@@ -245,10 +246,8 @@ def train_bundled(
     val_cases = make_cases(val_specs, prep, recipe.processes, say, cache_dir=cache_dir)
     generation_s = time.perf_counter() - started
 
-    by_stage: dict[str, Path] = {}
-    if whole is not None:  # the started weights stand for the natural-mix stages
-        by_stage.update({stage.weights_name: whole.weights_path for stage in whole_stages(recipe, prep)
-                         if not stage.on_typing_studies})
+    # the started weights (if any) stand for the natural-mix stages
+    by_stage: dict[str, Path] = dict.fromkeys(natural_names, whole.weights_path) if whole is not None else {}
     for stage in stages:
         cases = typing_cases if stage.on_typing_studies else train_cases
         result = train_network(whole_spec, cases, val_cases, prep, stage.config, work_dir, stage.weights_name,
