@@ -324,10 +324,10 @@ def _write(out_dir: Path, prep: Preprocessing, whole: TrainResult, patch: TrainR
            typer: TyperEntry | None) -> Path:
     seeds = sorted({spec.seed for spec in (*train_specs, *typing_specs)})
     if recipe.typing_studies:
-        patch_use = "its last stage and UNet_patch" if recipe.patch_on_typing_studies else "its last stage"
-        use = (f"the first {len(train_specs)} for UNet_whole's first stages"
-               f"{'' if recipe.patch_on_typing_studies else ' and UNet_patch'}, {len(typing_specs)} chosen so "
-               f"every primary lesion type is equally common for {patch_use}")
+        first_use, last_use = ("UNet_whole's first stages", "its last stage and UNet_patch") \
+            if recipe.patch_on_typing_studies else ("UNet_whole's first stages and UNet_patch", "its last stage")
+        use = (f"the first {len(train_specs)} for {first_use}, {len(typing_specs)} chosen so every primary "
+               f"lesion type is equally common for {last_use}")
     else:
         use = "natural lesion-type mix, for both networks"
     typer_part = (f"; the lesion typer on the true lesions and UNet_whole's false positives of "
