@@ -73,6 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("--organ-weight applies to 'whole' only")
         if args.blob_weight and args.what != "whole":
             raise ValueError("--blob-weight applies to 'whole' only")
+        if args.seed is not None and args.what not in ("whole", "patch"):
+            raise ValueError("--seed applies to 'whole' and 'patch' only (bundled: the recipe's seeds)")
         if args.miner_config and args.what != "typer":
             raise ValueError("--miner-config applies to 'typer' only")
         if args.typer_grid and args.what != "typer":
@@ -136,7 +138,8 @@ def _train_whole(args: argparse.Namespace) -> int:
                          lesion_union_weight=recipe.lesion_union_weight if args.union_weight is None else args.union_weight,
                          lesion_blob_weight=args.blob_weight,
                          device=args.device,
-                         validate_every=max(1, (args.iterations or 2000) // 4), seed=1,
+                         validate_every=max(1, (args.iterations or 2000) // 4),
+                         seed=1 if args.seed is None else args.seed,
                          learning_rate=default_rate if args.learning_rate is None else args.learning_rate,
                          crop_centres=args.crop_centres)
     card = train_whole_model(Path(args.out_dir), Path(args.work_dir), _source(args), config,
@@ -160,7 +163,7 @@ def _train_patch(args: argparse.Namespace) -> int:
     config = TrainConfig(iterations=args.iterations or 2000, batch_size=args.batch_size or 16,
                          positive_fraction=0.5, lesion_class_weight=args.lesion_weight or recipe.patch_lesion_weight,
                          lesion_union_weight=recipe.lesion_union_weight if args.union_weight is None else args.union_weight,
-                         device=args.device, seed=3)
+                         device=args.device, seed=3 if args.seed is None else args.seed)
     card = train_patch_model(Path(args.model_dir), Path(args.work_dir), _source(args), config, patch_spec,
                              hard_case_studies=args.hard_case_studies, resume=args.resume, progress=print,
                              type_balance=recipe.patch_type_balance if args.type_balance is None else args.type_balance)
@@ -288,5 +291,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "grid's own HU, as the bundled typer)")
     train.add_argument("--name", default="livernode-site-model", help="model name in the card (whole)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    train.add_argument("--seed", type=int,
+                       help="whole, patch: seed of the crop sampling, augmentation and phase dropout (default: "
+                            "whole 1, patch 3); a further run from --init with another seed sees other crops")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --work")
     train.set_defaults(handler=_cmd_train)

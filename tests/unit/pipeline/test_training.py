@@ -248,6 +248,8 @@ def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None
     assert "--organ-weight applies to 'whole' only" in capsys.readouterr().err
     assert main(["train", "typer", "--phantoms", "2", "--model", str(tmp_path), "--blob-weight", "1"]) == 1
     assert "--blob-weight applies to 'whole' only" in capsys.readouterr().err
+    assert main(["train", "typer", "--phantoms", "2", "--model", str(tmp_path), "--seed", "4"]) == 1
+    assert "--seed applies to 'whole' and 'patch' only" in capsys.readouterr().err
     typer = ["train", "typer", "--phantoms", "2", "--model", str(BUNDLED_MODEL_DIR), "--work", str(tmp_path / "w")]
     assert main(typer + ["--typer-grid", "2,0,1.5"]) == 1
     assert "--typer-grid takes 'study' or three positive millimetre values Z,Y,X" in capsys.readouterr().err
@@ -322,12 +324,13 @@ def test_train_whole_cli_records_anti_aliasing_and_trains_on_lesion_centred_crop
     assert main(["train", "whole", "--data", str(dataset_folder), "--out", str(out), "--work", str(tmp_path / "w"),
                  "--iterations", "1", "--batch-size", "1", "--validation-fraction", "0",
                  "--crop-centres", "lesions", "--anti-alias", "--spacing", "3.5,2.5,2.5",
-                 "--learning-rate", "5e-4"]) == 0
+                 "--learning-rate", "5e-4", "--seed", "11"]) == 0
     card = read_model_card(out)
     assert card.preprocessing.anti_alias is True
     assert card.preprocessing.target_spacing_mm == (3.5, 2.5, 2.5)
     assert card.metrics["whole_training"]["crop_centres"] == "lesions"
     assert card.metrics["whole_training"]["learning_rate"] == 5e-4
+    assert card.metrics["whole_training"]["seed"] == 11
 
 
 class _AnswerPredictor:
