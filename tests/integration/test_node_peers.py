@@ -239,8 +239,8 @@ def test_failing_studies_are_quarantined_and_the_queue_flows(node_factory, study
     hog = study_factory(18, marker="MEMORY")
     good = study_factory(19)
     # 15 s: the memory hog must hit its limit within the timeout even on a loaded machine (at 3 s,
-    # and once at 8 s, in session 25's CI, it timed out instead: touching 1.5 GB of pages can take
-    # that long under memory pressure); the sleeping study still times out
+    # and once at 8 s, in session 25's CI, it timed out instead; why it took that long is not
+    # known: the timeout starts after the worker is ready); the sleeping study still times out
     node = node_factory([_cstore(storescp)], max_attempts=2, timeout_s=15,
                         extra={"worker": {"memory_limit_mb": 1500}})
     for study in (crash, hang, hog, good):
