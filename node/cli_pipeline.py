@@ -73,6 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("--organ-weight applies to 'whole' only")
         if args.blob_weight and args.what != "whole":
             raise ValueError("--blob-weight applies to 'whole' only")
+        if args.small_lesion_studies and args.what == "bundled":
+            raise ValueError("--small-lesion-studies applies to 'whole', 'patch' and 'typer' (bundled: the recipe's studies)")
         if args.seed is not None and args.what not in ("whole", "patch"):
             raise ValueError("--seed applies to 'whole' and 'patch' only (bundled: the recipe's seeds)")
         if args.miner_config and args.what != "typer":
@@ -110,8 +112,13 @@ def _source(args: argparse.Namespace):
         raise ValueError("give exactly one of --data DATASET_FOLDER and --phantoms N")
     if args.type_balanced and args.data is not None:
         raise ValueError("--type-balanced chooses phantom seeds; it does not apply to --data")
+    if args.small_lesion_studies and args.data is not None:
+        raise ValueError("--small-lesion-studies adds phantom studies; it does not apply to --data")
+    if args.small_lesion_studies < 0:
+        raise ValueError(f"--small-lesion-studies takes a count >= 0, not {args.small_lesion_studies}")
     return TrainingSource(dataset=Path(args.data) if args.data else None, phantoms=args.phantoms or 0,
-                          validation_fraction=args.validation_fraction, type_balanced=args.type_balanced)
+                          validation_fraction=args.validation_fraction, type_balanced=args.type_balanced,
+                          small_lesion_studies=args.small_lesion_studies)
 
 
 def _spacing(text: str, option: str = "--spacing") -> tuple[float, ...]:
@@ -267,6 +274,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="bundled: the recipe with type-balanced training data for lesion typing "
                             "(BundledRecipe.type_balanced; not what made the bundled weights); whole, patch, "
                             "typer with --phantoms: phantom seeds with every primary lesion type equally common")
+    train.add_argument("--small-lesion-studies", type=int, default=0, metavar="N",
+                       help="whole, patch, typer with --phantoms: N more phantom studies, each with an HCC, ICC "
+                            "or metastasis of 2.5 ml or less (the three types equally often), on top of the "
+                            "--phantoms studies (default 0)")
     train.add_argument("--whole-from", metavar="WEIGHTS",
                        help="bundled: UNet_whole weights of an earlier run's first three stages (e.g. "
                             "pipeline/models/phantom-demo/unet_whole_polished.pt, which the bundled heads were "

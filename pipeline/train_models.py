@@ -36,6 +36,7 @@ from pipeline.training_data import (
     PhantomCaseSpec,
     make_cases,
     sample_case_spec,
+    small_lesion_training_specs,
     type_balanced_training_specs,
 )
 from pipeline.training_dataset import DatasetCase, load_cases, read_dataset, split_by_patient
@@ -57,12 +58,17 @@ class TrainingSource:
     #: phantoms: seeds chosen so every primary lesion type is equally common
     #: (pipeline.training_data.type_balanced_training_specs) instead of the first N seeds
     type_balanced: bool = False
+    #: phantoms: this many more studies, each holding a small (<= 2.5 ml) HCC, ICC or metastasis
+    #: (pipeline.training_data.small_lesion_training_specs), on top of the `phantoms` studies
+    small_lesion_studies: int = 0
 
     def describe(self) -> str:
         if self.dataset is not None:
             return f"labelled dataset folder {self.dataset.name}"
         kind = "type-balanced " if self.type_balanced else ""
-        return (f"{self.phantoms} {kind}synthetic phantoms (pipeline.phantom, seeds from {TRAIN_SEED_BASE}); "
+        extra = (f" plus {self.small_lesion_studies} with a small malignant lesion"
+                 if self.small_lesion_studies else "")
+        return (f"{self.phantoms} {kind}synthetic phantoms{extra} (pipeline.phantom, seeds from {TRAIN_SEED_BASE}); "
                 "NOT FOR CLINICAL USE")
 
     def load(self, prep: Preprocessing, work_dir: Path, say: Callable[[str], None]) -> tuple[
@@ -88,8 +94,11 @@ class TrainingSource:
     def _phantom_specs(self) -> list[PhantomCaseSpec]:
         if self.phantoms < 1:
             raise ValueError("give a dataset folder or a number of phantom studies")
-        return (type_balanced_training_specs(self.phantoms) if self.type_balanced
-                else [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(self.phantoms)])
+        specs = (type_balanced_training_specs(self.phantoms) if self.type_balanced
+                 else [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(self.phantoms)])
+        if self.small_lesion_studies > 0:
+            specs += small_lesion_training_specs(self.small_lesion_studies, exclude=specs)
+        return specs
 
     def typer_studies(self, prep: Preprocessing, work_dir: Path, say: Callable[[str], None],
                       with_study: bool) -> Iterator[TyperStudy]:

@@ -10,6 +10,10 @@ in the liver away from true lesions.
 
     .venv/bin/python docs/tools/missed_lesions.py pipeline/models/phantom-demo --studies 48
 
+``--small-lesions`` takes the validation studies of
+``pipeline.training_data.small_lesion_tuning_specs`` instead, each with an HCC, ICC or metastasis
+of 2.5 ml or less (other seeds than the 48 above, and never a training or held-out study).
+
 ``--zoom Z`` runs UNet_whole on the working grid upsampled Z times (trilinear), so that lesions
 look Z times larger in voxels, and resamples its probabilities back (an experiment of session 18,
 docs/models.md; not a cascade setting).
@@ -30,7 +34,7 @@ from pipeline.inference import ModelInput, resample_volume
 from pipeline.model import select_device
 from pipeline.sensitivity import LESION_CHANNELS, OTHER_CHANNELS
 from pipeline.train import case_model_input
-from pipeline.training_data import make_cases, tuning_specs
+from pipeline.training_data import make_cases, small_lesion_tuning_specs, tuning_specs
 from pipeline.types import LESION_LABELS, Label
 
 FACTORS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)
@@ -67,13 +71,16 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=24)
     parser.add_argument("--cache", type=Path, default=Path("livernode-data/cases"))
     parser.add_argument("--zoom", type=float, default=1.0, help="predict on the working grid upsampled this much")
+    parser.add_argument("--small-lesions", action="store_true",
+                        help="validation studies that each hold a small (<= 2.5 ml) malignant lesion")
     parser.add_argument("--mirror-tta", action="store_true", help="mirrored test-time augmentation (model.mirror_tta)")
     args = parser.parse_args()
     backend = CardBackend(args.model, select_device("auto"), mirror_tta=args.mirror_tta)
     prep = backend.preprocessing
     lesions: list[tuple[str, int, float, float, str]] = []
     false_regions = {f: 0 for f in FACTORS}
-    for case in make_cases(tuning_specs(args.studies), prep, 2, print, cache_dir=args.cache):
+    specs = small_lesion_tuning_specs(args.studies) if args.small_lesions else tuning_specs(args.studies)
+    for case in make_cases(specs, prep, 2, print, cache_dir=args.cache):
         model_input = case_model_input(case, prep)
         probabilities = zoomed_probabilities(backend, model_input, args.zoom)
         lesion_best = probabilities[LESION_CHANNELS].max(axis=0)

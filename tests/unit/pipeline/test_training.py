@@ -250,6 +250,13 @@ def test_train_cli_reports_bad_arguments_clearly(tmp_path: Path, capsys) -> None
     assert "--blob-weight applies to 'whole' only" in capsys.readouterr().err
     assert main(["train", "typer", "--phantoms", "2", "--model", str(tmp_path), "--seed", "4"]) == 1
     assert "--seed applies to 'whole' and 'patch' only" in capsys.readouterr().err
+    assert main(["train", "whole", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
+                 "--small-lesion-studies", "4"]) == 1
+    assert "--small-lesion-studies adds phantom studies" in capsys.readouterr().err
+    assert main(["train", "whole", "--phantoms", "2", "--out", str(tmp_path / "m"), "--small-lesion-studies", "-1"]) == 1
+    assert "--small-lesion-studies takes a count >= 0" in capsys.readouterr().err
+    assert main(["train", "bundled", "--small-lesion-studies", "4", "--out", str(tmp_path / "m")]) == 1
+    assert "--small-lesion-studies applies to 'whole', 'patch' and 'typer'" in capsys.readouterr().err
     typer = ["train", "typer", "--phantoms", "2", "--model", str(BUNDLED_MODEL_DIR), "--work", str(tmp_path / "w")]
     assert main(typer + ["--typer-grid", "2,0,1.5"]) == 1
     assert "--typer-grid takes 'study' or three positive millimetre values Z,Y,X" in capsys.readouterr().err
