@@ -303,8 +303,8 @@ def small_lesion_tuning_specs(count: int) -> list[PhantomCaseSpec]:
     """`count` validation studies for choosing settings that each hold an HCC, ICC or metastasis of
     2.5 ml or less (:func:`small_lesion_training_specs` on ``SMALL_LESION_TUNING_SEEDS``), with the
     held-out set's cycle of phase combinations and slice thicknesses; never a training, tuning or
-    held-out study. 48 tuning studies hold about five small malignant lesions; these hold one each
-    at least."""
+    held-out study. The 48 :func:`tuning_specs` studies hold 16 malignant lesions of 0.5-2.5 ml, in
+    13 of them; each of these holds one at least."""
     seeds = [spec.seed for spec in small_lesion_training_specs(count, seeds=SMALL_LESION_TUNING_SEEDS)]
     return _evaluation_specs(count, seeds)
 
