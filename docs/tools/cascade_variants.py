@@ -8,6 +8,7 @@ of 2 ml and more called malignant, false positives, and patient malignancy sensi
         --variant paper: --variant small-only:reclassify_max_volume_ml=8
     .venv/bin/python docs/tools/cascade_variants.py MODEL_WITH_TYPER --variant typer: \
         --variant patch-vote:lesion_typing=false
+    .venv/bin/python docs/tools/cascade_variants.py MODEL --typer-dir pipeline/models/phantom-demo --variant default:
 
 A variant is NAME:key=value,key=value with keys of the `cascade:` configuration section.
 """
@@ -78,10 +79,12 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=12)
     parser.add_argument("--variant", action="append", default=[])
     parser.add_argument("--work", type=Path, default=Path("livernode-data/cascade-variants"))
+    parser.add_argument("--typer-dir", type=Path, default=None,
+                        help="another model folder whose lesion typer to use (model.typer_dir)")
     args = parser.parse_args()
     variants = dict(parse_variant(v) for v in (args.variant or ["paper:"]))
     specs = tuning_specs(args.studies)
-    backend = CardBackend(args.model, select_device("auto"))
+    backend = CardBackend(args.model, select_device("auto"), typer_dir=args.typer_dir)
     typing = any(config.lesion_typing for config in variants.values())  # then a typer may need the volumes
     studies = evaluation_studies(backend, specs, replace(CascadeConfig(), lesion_typing=typing), 2, print,
                                  cache_dir=args.work / "cases")
