@@ -152,8 +152,9 @@ def train_whole_model(
     anti_alias: bool | None = None,
     target_spacing_mm: tuple[float, float, float] | None = None,
 ) -> Path:
-    """Train UNet_whole and write a model folder with it (and no UNet_patch: the cascade then runs
-    without reclassification until ``train_patch_model`` adds one). `init_model` fine-tunes that
+    """Train UNet_whole and write a model folder with it (and no UNet_patch or lesion typer: the
+    cascade then runs without reclassification until ``train_patch_model`` adds one; an init
+    model's typer was mined on its own network's false positives and is not carried over). `init_model` fine-tunes that
     folder's UNet_whole and keeps its preprocessing, except `anti_alias` and the working grid's
     `target_spacing_mm` (z, y, x) when given: a fine-tune onto another grid. Returns the model
     card path."""
@@ -178,7 +179,7 @@ def train_whole_model(
     shutil.copy2(result.weights_path, out_dir / result.weights_path.name)
     card = _card_for(base, shape, name, source.describe(), intended_use_for(source))
     card = replace(card, preprocessing=prep, whole=WeightsEntry(file=result.weights_path.name, sha256=result.sha256, network=whole_spec),
-                   patch=None, metrics={"validation": result.validation, "whole_iterations": result.iterations,
+                   patch=None, typer=None, metrics={"validation": result.validation, "whole_iterations": result.iterations,
                                         "training_cases": len(train), "validation_cases": len(validation),
                                         "whole_training": asdict(config)})
     path = write_model_card(out_dir, card)

@@ -15,7 +15,8 @@ import torch
 from node.cli import main
 from pipeline.backends import CardBackend
 from pipeline.config import BackendConfig, CascadeConfig, ConfigError
-from pipeline.model import BUNDLED_MODEL_DIR, NetworkSpec, Preprocessing, read_model_card, select_device, use_bf16
+from pipeline.model import (BUNDLED_MODEL_DIR, NetworkSpec, Preprocessing, read_model_card, select_device, use_bf16,
+                            write_model_card)
 from pipeline.model_cascade import cascade_on_prediction
 from pipeline.phantom import make_phantom
 from pipeline.train import TrainConfig
@@ -195,12 +196,20 @@ def test_fine_tuning_starts_from_the_given_model(tmp_path: Path, dataset_folder:
     source = TrainingSource(dataset=dataset_folder, validation_fraction=0.0)
     base = tmp_path / "base"
     train_whole_model(base, tmp_path / "w1", source, TrainConfig(iterations=1, batch_size=1), TINY_SHAPE)
+    # the init model's lesion typer (mined on its own network's false positives) is not carried
+    # over: the new folder names no typer and loads without one
+    bundled_card = read_model_card(BUNDLED_MODEL_DIR)
+    (base / bundled_card.typer.file).write_bytes((BUNDLED_MODEL_DIR / bundled_card.typer.file).read_bytes())
+    write_model_card(base, replace(read_model_card(base), typer=bundled_card.typer))
+    assert CardBackend(base, torch.device("cpu")).lesion_typer() is not None
     tuned = tmp_path / "tuned"
     # the init model's preprocessing wins over the shape passed in
     other_shape = ModelShape(TINY_SHAPE.whole, TINY_SHAPE.patch, Preprocessing())
     train_whole_model(tuned, tmp_path / "w2", source, TrainConfig(iterations=1, batch_size=1, learning_rate=0.0),
                       other_shape, init_model=base)
     assert read_model_card(tuned).preprocessing == TINY_PREP
+    assert read_model_card(tuned).typer is None and not (tuned / bundled_card.typer.file).exists()
+    assert CardBackend(tuned, torch.device("cpu")).lesion_typer() is None
     # --anti-alias on a fine-tuned model changes only that setting of the init model's preprocessing
     # (trained with the per-lesion "blob" loss term, which the card records)
     smoothed = tmp_path / "smoothed"
