@@ -154,8 +154,8 @@ def train_whole_model(
 ) -> Path:
     """Train UNet_whole and write a model folder with it (and no UNet_patch or lesion typer: the
     cascade then runs without reclassification until ``train_patch_model`` adds one; an init
-    model's typer was mined on its own network's false positives and is not carried over). `init_model` fine-tunes that
-    folder's UNet_whole and keeps its preprocessing, except `anti_alias` and the working grid's
+    model's typer was mined on its own network's false positives and is not carried over).
+    `init_model` fine-tunes that folder's UNet_whole and keeps its preprocessing, except `anti_alias` and the working grid's
     `target_spacing_mm` (z, y, x) when given: a fine-tune onto another grid. Returns the model
     card path."""
     say = progress or log.info
