@@ -49,6 +49,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate_folders
     from pipeline.evaluation_report import write_report
 
+    if args.model_dir is not None or args.held_out is not None:
+        return _evaluate_model_on_held_out(args)
+    if args.predictions is None or args.ground_truth is None:
+        print("livernode evaluate: give PREDICTIONS and GROUND_TRUTH folders, or --model MODEL --held-out N",
+              file=sys.stderr)
+        return EXIT_FAILURE
     try:
         report = evaluate_folders(Path(args.predictions), Path(args.ground_truth),
                                   min_lesion_volume_ml=args.min_volume_ml)
@@ -58,6 +64,42 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     json_path, md_path = write_report(report, Path(args.out_dir))
     print(md_path.read_text(encoding="utf-8"))
     print(f"wrote {json_path} and {md_path}")
+    return EXIT_OK
+
+
+def _evaluate_model_on_held_out(args: argparse.Namespace) -> int:
+    """``evaluate --model MODEL --held-out N``: the model folder through the whole cascade on the
+    first N held-out phantom studies (seeds from 30000), the figures of the bundled model card."""
+    from pipeline.backends import CardBackend
+    from pipeline.config import CascadeConfig
+    from pipeline.model import ModelLoadError, select_device
+    from pipeline.phantom_evaluation import evaluate_on_phantoms
+    from pipeline.training_data import held_out_specs
+
+    problem = None
+    if args.predictions is not None or args.ground_truth is not None:
+        problem = "--model evaluates on held-out phantoms; it takes no PREDICTIONS or GROUND_TRUTH folders"
+    elif args.model_dir is None or args.held_out is None:
+        problem = "--model MODEL and --held-out N go together"
+    elif args.held_out < 1:
+        problem = f"--held-out must be at least 1 study, got {args.held_out}"
+    elif args.processes < 1:
+        problem = f"--processes must be at least 1, got {args.processes}"
+    if problem is not None:
+        print(f"livernode evaluate: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        backend = CardBackend(Path(args.model_dir), select_device(args.device),
+                              typer_dir=Path(args.typer_dir) if args.typer_dir else None)
+    except ModelLoadError as error:
+        print(f"livernode evaluate: cannot load the model: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    evaluation = evaluate_on_phantoms(backend, held_out_specs(args.held_out), CascadeConfig(), Path(args.out_dir),
+                                      progress=print, processes=args.processes, cache_dir=cache)
+    print(evaluation.report_markdown.read_text(encoding="utf-8"))
+    print(f"liver Dice (mean of {args.held_out}): {evaluation.liver_dice_mean:.4f}")
+    print(f"wrote {evaluation.report_json} and {evaluation.report_markdown}")
     return EXIT_OK
 
 
@@ -231,10 +273,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     process.set_defaults(handler=_cmd_process)
 
     evaluate = sub.add_parser("evaluate", help="lesion- and patient-level metrics of predictions against ground truth")
-    evaluate.add_argument("predictions", help="folder of <case>.npz prediction files")
-    evaluate.add_argument("ground_truth", help="folder of <case>.npz or <case>/truth/labels.nii.gz")
+    evaluate.add_argument("predictions", nargs="?", help="folder of <case>.npz prediction files")
+    evaluate.add_argument("ground_truth", nargs="?", help="folder of <case>.npz or <case>/truth/labels.nii.gz")
     evaluate.add_argument("--out", dest="out_dir", required=True, help="report folder (evaluation.json, .md)")
     evaluate.add_argument("--min-volume-ml", type=float, default=0.5, help="ignore lesions below this (default 0.5)")
+    evaluate.add_argument("--model", dest="model_dir",
+                          help="instead of prediction folders: run this model folder through the cascade on "
+                               "held-out phantom studies (with --held-out N)")
+    evaluate.add_argument("--held-out", type=int,
+                          help="the first N held-out phantom studies (seeds from 30000; 48: the bundled card's set)")
+    evaluate.add_argument("--typer-dir", help="with --model: another model folder's lesion typer (model.typer_dir)")
+    evaluate.add_argument("--cache", dest="cache_dir",
+                          help="with --model: keep the generated phantom studies here for the next run")
+    evaluate.add_argument("--processes", type=int, default=2, help="with --model: phantom generation processes")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                          help="with --model: inference device (default auto)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     train = sub.add_parser(
