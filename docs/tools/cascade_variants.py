@@ -62,8 +62,11 @@ def summary(report_json: Path) -> list[str]:
                 counts = groups["Malign"]
                 tp += counts["TP"]
                 n += counts["TP"] + counts["FL"] + counts["FN"]
+        small = tally["by_volume_ml"].get("0.5-2", {}).get("Malign", {"TP": 0, "FL": 0, "FN": 0})
+        small_n = small["TP"] + small["FL"] + small["FN"]
         patient = report["patient_level"].get(model) or {}
-        lines.append(f"  {model}: malignant >= 2 ml {tp}/{n}, FP {tally['overall']['All']['FP']}, "
+        lines.append(f"  {model}: malignant >= 2 ml {tp}/{n}, malignant 0.5-2 ml found {small['TP'] + small['FL']}/"
+                     f"{small_n} ({small['TP']} called malignant), FP {tally['overall']['All']['FP']}, "
                      f"patient sensitivity {patient.get('sensitivity')}, specificity {patient.get('specificity')}")
     joint = [k for k in report["patient_level"] if "&" in k]
     for model in joint:
