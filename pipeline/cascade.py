@@ -37,7 +37,7 @@ import numpy as np
 from pipeline.classify import JointVerdict, classify_patient, joint_verdict
 from pipeline.config import CascadeConfig
 from pipeline.lesion_growth import grow_lesions
-from pipeline.lesion_typer import LesionTyper, retype_lesions
+from pipeline.lesion_typer import LesionTyper, lesions_to_rescue, retype_lesions, typer_probabilities
 from pipeline.liver_region import keep_largest_liver_region, threshold_liver
 from pipeline.livermax import livermax_vector
 from pipeline.matching import SensitivityMatch, match_sensitivities
@@ -183,6 +183,23 @@ def sensitivity_label_maps(
     return dataclasses.replace(multi, label_maps=maps)
 
 
+def _rescue_small_malignant(
+    dropped: Sequence[Lesion],
+    hu: Mapping[Phase, np.ndarray],
+    labels: np.ndarray,
+    geometry: VolumeGeometry,
+    lesion_typer: LesionTyper,
+    config: CascadeConfig,
+    typer_grid: FeatureGrid | None,
+    moved_hu: Mapping[Phase, np.ndarray] | None,
+) -> list[Lesion]:
+    """The lesions reclassification `dropped` from the map `labels` that the malignant rescue keeps."""
+    candidates = [lesion for lesion in dropped if lesion.volume_ml <= config.rescue_max_volume_ml]
+    probabilities = typer_probabilities(candidates, hu, labels, geometry, lesion_typer, typer_grid, moved_hu)
+    return lesions_to_rescue(candidates, probabilities, config.rescue_malignant_probability,
+                             config.rescue_max_volume_ml)
+
+
 def run_cascade(
     probabilities: np.ndarray,
     hu_by_phase: Mapping[Phase, np.ndarray],
@@ -229,6 +246,7 @@ def run_cascade(
 
     t0 = time.perf_counter()
     outcomes: dict[str, list[ReclassifyOutcome]] = {}
+    results: dict[str, ReclassifyResult] = {}
     if patch_model is None:
         base_recls, high_recls = list(base), list(high)
         decisions.append(Decision("reclassify", "study", "skipped", "no patch model: lesions kept as detected"))
@@ -237,7 +255,6 @@ def run_cascade(
         if not channels and (base or high):
             raise ValueError("reclassification needs image channels: give hu_by_phase or patch_channels")
         settings = ShuffleSettings.from_config(config, fill_value=patch_fill_value)
-        results = {}
         for name, lesions, labels in (("base", base, base_labels), ("high", high, high_labels)):
             if not lesions:
                 results[name] = ReclassifyResult([], [], [])
@@ -254,14 +271,27 @@ def run_cascade(
                          f"mean overlap >= {config.reclassify_threshold_ml} ml over "
                          f"{config.inference_patches_per_lesion} patches; > {config.reclassify_max_volume_ml} ml skip")
             )  # fmt: skip
+    rescuing = lesion_typer is not None and config.rescue_malignant_probability > 0 and bool(results)
+    # on another grid than the typer's (or for a typer reading the study's own HU), every lesion
+    # the typer judges uses the HU moved once
+    typed_lesions = [*base_recls, *high_recls, *(d for r in results.values() for d in r.dropped if rescuing)]
+    moved_hu = (typer_hu(typer_grid, hu, geometry, typer_study, lesions=typed_lesions)
+                if lesion_typer is not None and typer_grid is not None and typed_lesions else None)
+    if rescuing:
+        rescued = {name: _rescue_small_malignant(results[name].dropped, hu, labels, geometry, lesion_typer, config,
+                                                typer_grid, moved_hu)
+                   for name, labels in (("base", base_labels), ("high", high_labels))}
+        base_recls, high_recls = [*base_recls, *rescued["base"]], [*high_recls, *rescued["high"]]
+        for name, kept in rescued.items():
+            decisions.append(Decision("malignant rescue", f"{name} sensitivity",
+                                      f"kept {len(kept)} of {len(results[name].dropped)} dropped by reclassification",
+                                      f"lesion typer: malignant with probability >= "
+                                      f"{config.rescue_malignant_probability:g}, volume <= "
+                                      f"{config.rescue_max_volume_ml:g} ml"))
     if lesion_typer is not None:
         # The high-sensitivity set must not miss: there the typer only types (an infinite
         # sensitivity never drops); what it drops at base sensitivity alone makes the joint
         # verdict uncertain instead of silently normal.
-        # on another grid than the typer's (or for a typer reading the study's own HU), both sets'
-        # features use the HU moved once
-        moved_hu = (typer_hu(typer_grid, hu, geometry, typer_study, lesions=[*base_recls, *high_recls])
-                    if typer_grid is not None and (base_recls or high_recls) else None)
         base_typed = retype_lesions(base_recls, hu, base_labels, geometry, lesion_typer, sensitivity=base_f,
                                     feature_grid=typer_grid, moved_hu=moved_hu)
         high_typed = retype_lesions(high_recls, hu, high_labels, geometry, lesion_typer, sensitivity=math.inf,

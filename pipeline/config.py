@@ -52,6 +52,13 @@ class CascadeConfig:
     #: kept lesions take the type the model's lesion typer gives them, when the model has one
     #: (pipeline.lesion_typer); off: the type of reclassification's UNet_patch vote (the paper).
     lesion_typing: bool = True
+    #: a lesion reclassification drops is kept when the lesion typer gives it at least this
+    #: probability of being malignant (HCC + ICC + metastasis) and it is no larger than
+    #: `rescue_max_volume_ml`: small lesions UNet_patch cannot judge (docs/cascade.md, "malignant
+    #: rescue"); 0 turns it off. Needs a lesion typer and `lesion_typing`.
+    rescue_malignant_probability: float = 0.0
+    #: the largest lesion (ml) the malignant rescue may keep.
+    rescue_max_volume_ml: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity_factors", tuple(float(f) for f in self.sensitivity_factors))
@@ -77,6 +84,9 @@ class CascadeConfig:
             "must be three sizes (z, y, x) of at least 4 voxels",
         )
         _require(self.slab_slices >= 1, "slab_slices", "must be >= 1")
+        _require(0.0 <= self.rescue_malignant_probability <= 1.0, "rescue_malignant_probability",
+                 "must be between 0 (off) and 1")
+        _require(self.rescue_max_volume_ml > 0, "rescue_max_volume_ml", "must be > 0")
         _require(self.min_lesion_volume_ml >= 0, "min_lesion_volume_ml", "must be >= 0")
 
 

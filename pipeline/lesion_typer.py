@@ -22,7 +22,7 @@ import torch
 from pipeline.lesion_features import feature_count, feature_names, lesion_features, without_phases
 from pipeline.model import ModelLoadError, sha256_of
 from pipeline.typer_grid import FeatureGrid, to_feature_grid
-from pipeline.types import LESION_LABELS, Label, Lesion, LesionType, Phase, VolumeGeometry
+from pipeline.types import LESION_LABELS, MALIGNANT_TYPES, Label, Lesion, LesionType, Phase, VolumeGeometry
 
 #: (N, F) feature vectors -> (N, 7) probabilities: column 0 "not a lesion", columns 1-6 the lesion
 #: types in label order.
@@ -168,6 +168,30 @@ class TypingResult:
     dropped: list[Lesion]
 
 
+def typer_probabilities(
+    lesions: Sequence[Lesion],
+    hu_by_phase: Mapping[Phase, np.ndarray],
+    labels: np.ndarray,
+    geometry: VolumeGeometry,
+    typer: LesionTyper,
+    feature_grid: FeatureGrid | None = None,
+    moved_hu: Mapping[Phase, np.ndarray] | None = None,
+) -> np.ndarray:
+    """(N, 7) typer probabilities of `lesions` found in `labels` (column 0 "not a lesion", 1-6 the
+    lesion types in label order); `feature_grid` and `moved_hu` as for :func:`retype_lesions`."""
+    if not lesions:
+        return np.zeros((0, TYPER_CLASSES), dtype=np.float32)
+    if feature_grid is not None and feature_grid.needs_moving(geometry):
+        moved = to_feature_grid(lesions, hu_by_phase, labels, geometry, feature_grid, moved_hu)
+        rows = feature_rows(moved.lesions, moved.hu, moved.labels, moved.geometry)
+    else:
+        rows = feature_rows(lesions, hu_by_phase, labels, geometry)
+    probabilities = np.asarray(typer(rows))
+    if probabilities.shape != (len(lesions), TYPER_CLASSES):
+        raise ValueError(f"lesion typer returned shape {probabilities.shape}, expected {(len(lesions), TYPER_CLASSES)}")
+    return probabilities
+
+
 def retype_lesions(
     lesions: Sequence[Lesion],
     hu_by_phase: Mapping[Phase, np.ndarray],
@@ -190,16 +214,7 @@ def retype_lesions(
     must be given: ``hu_on_grid(study HU, study geometry, feature_grid)``."""
     if sensitivity <= 0:
         raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
-    if not lesions:
-        return TypingResult([], [])
-    if feature_grid is not None and feature_grid.needs_moving(geometry):
-        moved = to_feature_grid(lesions, hu_by_phase, labels, geometry, feature_grid, moved_hu)
-        rows = feature_rows(moved.lesions, moved.hu, moved.labels, moved.geometry)
-    else:
-        rows = feature_rows(lesions, hu_by_phase, labels, geometry)
-    probabilities = np.asarray(typer(rows))
-    if probabilities.shape != (len(lesions), TYPER_CLASSES):
-        raise ValueError(f"lesion typer returned shape {probabilities.shape}, expected {(len(lesions), TYPER_CLASSES)}")
+    probabilities = typer_probabilities(lesions, hu_by_phase, labels, geometry, typer, feature_grid, moved_hu)
     result = TypingResult([], [])
     for lesion, row in zip(lesions, probabilities):
         best_type = int(np.argmax(row[1:])) + 1
@@ -208,6 +223,27 @@ def retype_lesions(
         else:
             result.kept.append(dataclasses.replace(lesion, lesion_type=LesionType(best_type)))
     return result
+
+
+def malignant_probability(probabilities: np.ndarray) -> np.ndarray:
+    """(N,) summed probability of the malignant types (HCC, ICC, metastasis) of (N, 7) typer rows."""
+    columns = [int(t) for t in sorted(MALIGNANT_TYPES, key=int)]
+    return np.asarray(probabilities)[:, columns].sum(axis=1) if len(probabilities) else np.zeros(0)
+
+
+def lesions_to_rescue(
+    dropped: Sequence[Lesion],
+    probabilities: np.ndarray,
+    min_probability: float,
+    max_volume_ml: float,
+) -> list[Lesion]:
+    """The lesions reclassification `dropped` that the typer calls malignant with at least
+    `min_probability` (HCC + ICC + metastasis, rows of :func:`typer_probabilities`), among those of
+    at most `max_volume_ml`: small lesions UNet_patch cannot judge (docs/cascade.md, "malignant
+    rescue")."""
+    scores = malignant_probability(probabilities)
+    return [lesion for lesion, score in zip(dropped, scores)
+            if lesion.volume_ml <= max_volume_ml and score >= min_probability]
 
 
 def save_typer(network: torch.nn.Module, path: Path) -> str:

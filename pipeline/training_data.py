@@ -320,7 +320,10 @@ def _evaluation_specs(count: int, seed_base: int | Sequence[int]) -> list[Phanto
     return specs
 
 
-def held_out_specs(count: int) -> list[PhantomCaseSpec]:
+def held_out_specs(count: int, first_seed: int = HELD_OUT_SEED_BASE) -> list[PhantomCaseSpec]:
     """`count` held-out studies cycling through every phase combination and through 5 mm, 2 mm and
-    1.5 mm slices."""
-    return _evaluation_specs(count, HELD_OUT_SEED_BASE)
+    1.5 mm slices, seeds from `first_seed` (at least ``HELD_OUT_SEED_BASE``: below it are training
+    and validation seeds)."""
+    if first_seed < HELD_OUT_SEED_BASE:
+        raise ValueError(f"held-out seeds start at {HELD_OUT_SEED_BASE}, got {first_seed}")
+    return _evaluation_specs(count, first_seed)

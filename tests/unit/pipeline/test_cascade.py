@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -163,3 +165,45 @@ def test_lesion_typer_drops_at_base_sensitivity_only_and_the_verdict_becomes_unc
     assert not result.verdict.certain
     assert [d.outcome for d in result.decisions if d.stage == "lesion typing"] == [
         "typed 0, dropped 1 as not a lesion", "typed 2, dropped 0 as not a lesion"]
+
+
+def _weak_site_typer(malignant: float):
+    """Typer: the weak site (VP 200 HU) metastasis with probability `malignant`, the rest Hem."""
+
+    def typer(features: np.ndarray) -> np.ndarray:
+        vp_mean_hu = features[:, feature_names().index("VP_absolute")] * 100.0
+        out = np.zeros((len(features), 7), np.float32)
+        weak = vp_mean_hu < 250.0
+        out[weak, LesionType.META], out[weak, LesionType.HEM] = malignant, 1.0 - malignant
+        out[~weak, LesionType.HEM] = 1.0
+        return out
+
+    return typer
+
+
+def test_malignant_rescue_keeps_a_small_lesion_reclassification_dropped_when_the_typer_is_sure():
+    probabilities, hu = study(np.float32)
+    model = hu_model({310.0: 4})  # UNet_patch sees nothing at the weak site: dropped
+    plain = run_cascade(probabilities, hu, GEOMETRY, model, CONFIG, lesion_typer=_weak_site_typer(0.9))
+    assert [l.lesion_type for l in plain.high_recls] == [LesionType.HEM]
+
+    rescue = CascadeConfig(patch_size_voxels=(4, 16, 16), inference_patches_per_lesion=4,
+                           rescue_malignant_probability=0.8, rescue_max_volume_ml=4.0)
+    result = run_cascade(probabilities, hu, GEOMETRY, model, rescue, lesion_typer=_weak_site_typer(0.9))
+    assert [l.lesion_type for l in result.high_recls] == [LesionType.HEM, LesionType.META]
+    assert result.class_high_recls is PatientClass.META and not result.verdict.certain
+    assert [d.outcome for d in result.decisions if d.stage == "malignant rescue"] == [
+        "kept 0 of 0 dropped by reclassification", "kept 1 of 1 dropped by reclassification"]
+
+    unsure = run_cascade(probabilities, hu, GEOMETRY, model, rescue, lesion_typer=_weak_site_typer(0.6))
+    assert [l.lesion_type for l in unsure.high_recls] == [LesionType.HEM]
+    too_large = run_cascade(probabilities, hu, GEOMETRY, model, replace(rescue, rescue_max_volume_ml=2.0),
+                            lesion_typer=_weak_site_typer(0.9))  # the weak site holds 2.25 ml
+    assert [l.lesion_type for l in too_large.high_recls] == [LesionType.HEM]
+
+
+def test_malignant_rescue_settings_are_checked():
+    with pytest.raises(ValueError, match="rescue_malignant_probability"):
+        CascadeConfig(rescue_malignant_probability=1.5)
+    with pytest.raises(ValueError, match="rescue_max_volume_ml"):
+        CascadeConfig(rescue_max_volume_ml=0.0)
