@@ -200,10 +200,18 @@ def generator_sources() -> list[Path]:
     return [path for path in sorted(Path(__file__).parent.glob("phantom*.py")) if path.name not in NOT_GENERATOR_MODULES]
 
 
+#: the preprocessing settings a working-grid case depends on (grid, HU normalisation, phase
+#: order, anti-aliasing); the network's ROI and UNet_patch's patch size do not change a case, so
+#: models that differ only in those share their cached cases.
+CASE_PREPROCESSING_FIELDS = ("target_spacing_mm", "hu_min", "hu_max", "hu_center", "hu_scale", "phases", "anti_alias")
+
+
 def case_cache_key(spec: PhantomCaseSpec, prep: Preprocessing) -> str:
-    """A key that changes with the spec, the preprocessing and the phantom generator's source code,
-    so a cached case is never stale."""
-    digest = hashlib.sha256(repr((spec, prep)).encode())
+    """A key that changes with the spec, the preprocessing settings a case depends on
+    (:data:`CASE_PREPROCESSING_FIELDS`) and the phantom generator's source code, so a cached case
+    is never stale."""
+    case_prep = tuple((name, getattr(prep, name)) for name in CASE_PREPROCESSING_FIELDS)
+    digest = hashlib.sha256(repr((spec, case_prep)).encode())
     for source in generator_sources():
         digest.update(source.read_bytes())
     return f"{spec.case_id}-{digest.hexdigest()[:16]}"

@@ -21,7 +21,8 @@ from pipeline.model_cascade import cascade_on_prediction
 from pipeline.phantom import make_phantom
 from pipeline.train import TrainConfig
 from pipeline.train_models import ModelShape, TrainingSource, train_patch_model, train_whole_model
-from pipeline.training_data import PhantomCaseSpec, generator_sources, make_cases
+from pipeline.training_data import (CASE_PREPROCESSING_FIELDS, PhantomCaseSpec, case_cache_key, generator_sources,
+                                    make_cases)
 from pipeline.typer_grid import FeatureGrid, study_feature_grid
 from pipeline.training_dataset import (
     DatasetError,
@@ -74,6 +75,16 @@ def test_case_cache_reads_back_the_same_case(tmp_path: Path) -> None:
     other = make_cases([spec], Preprocessing(target_spacing_mm=(6.0, 6.0, 6.0)), cache_dir=tmp_path)[0]
     assert other.labels.shape != made.labels.shape
     assert len(list(tmp_path.glob("*.npz"))) == 2
+    # the ROI and the patch size do not change a case: the cached one is read back
+    messages.clear()
+    same = make_cases([spec], replace(TINY_PREP, patch_size_voxels=(8, 24, 24), roi_size_voxels=(16, 48, 48)),
+                      progress=messages.append, cache_dir=tmp_path)[0]
+    assert any("read from the cache" in m for m in messages)
+    np.testing.assert_array_equal(same.phases, made.phases)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    # every field a case depends on exists, and a change of the HU normalisation is a new key
+    assert all(hasattr(TINY_PREP, name) for name in CASE_PREPROCESSING_FIELDS)
+    assert case_cache_key(spec, replace(TINY_PREP, hu_scale=50.0)) != case_cache_key(spec, TINY_PREP)
     # the key follows the generator's sources, not the phantom evaluation or figure modules
     names = {path.name for path in generator_sources()}
     assert {"phantom.py", "phantom_lesions.py", "phantom_render.py"} <= names
