@@ -55,8 +55,9 @@ class CascadeConfig:
     #: a lesion reclassification drops is kept when the lesion typer gives it at least this
     #: probability of being malignant (HCC + ICC + metastasis) and it is no larger than
     #: `rescue_max_volume_ml`: small lesions UNet_patch cannot judge (docs/cascade.md, "malignant
-    #: rescue"); 0 turns it off. Needs a lesion typer and `lesion_typing`.
-    rescue_malignant_probability: float = 0.0
+    #: rescue"); 0 turns it off. Needs a lesion typer and `lesion_typing`. 0.7 was chosen on the 48
+    #: validation studies (docs/models.md, "Session 30").
+    rescue_malignant_probability: float = 0.7
     #: the largest lesion (ml) the malignant rescue may keep.
     rescue_max_volume_ml: float = 2.0
 

@@ -24,17 +24,22 @@ from pipeline.model import (
     WHOLE_NETWORK,
     NetworkSpec,
     Preprocessing,
+    ModelCard,
     TyperEntry,
     load_native_network,
+    read_model_card,
     select_device,
     sha256_of,
     use_bf16,
+    write_model_card,
 )
 from pipeline.types import LESION_LABELS, NUM_CLASSES
-from pipeline.phantom_evaluation import evaluate_on_phantoms
+from pipeline.phantom_evaluation import PhantomEvaluation, evaluate_on_phantoms
 from pipeline.train import TrainConfig, TrainResult, train_network, write_card
+from pipeline.train_models import ModelShape, TrainingSource, intended_use_for, train_patch_model, train_whole_model
+from pipeline.train_models import whole_predictor
 from pipeline.train_patch import train_patch_network
-from pipeline.train_typer import fit_typer
+from pipeline.train_typer import fit_typer, train_typer_model
 from pipeline.typer_grid import study_feature_grid
 from pipeline.typer_studies import phantom_typer_studies
 from pipeline.training_data import (
@@ -111,13 +116,26 @@ class BundledRecipe:
     processes: int = 2
     loader_workers: int = 0
     device: str = "auto"
-    version: str = "0.1.0"
+    version: str = "0.2.0"
     #: "gpu": the full-size networks of pipeline.model at 3 x 2 x 2 mm; "cpu": narrower networks at
     #: 4 x 3 x 3 mm that train in about an hour on two CPU cores (the bundled weights).
     size: str = "cpu"
     #: Gaussian-smooth the axes that are downsampled onto the working grid before resampling
-    #: (``Preprocessing.anti_alias``, recorded in the card); the bundled weights were trained without.
+    #: (``Preprocessing.anti_alias``, recorded in the card); the coarse stages were trained without.
     anti_alias: bool = False
+    #: a last UNet_whole stage on a finer working grid (`fine_grid_spacing_mm`, z, y, x, anti-aliased),
+    #: from the coarse stages' weights, on the type-balanced studies plus
+    #: `fine_grid_small_lesion_studies` with a small malignant lesion; UNet_patch and the lesion typer
+    #: are then trained again for it on that grid, as ``livernode train patch`` and ``train typer``
+    #: do. The coarse model (all stages above, with its own heads) stays in the work folder. 0
+    #: iterations: none, the coarse model is the result. Added in session 30 (docs/models.md,
+    #: "Session 30"): on 96 held-out studies it finds more malignant patients than the coarse model.
+    fine_grid_iterations: int = 4000
+    fine_grid_spacing_mm: tuple[float, float, float] = (4.0, 2.0, 2.0)
+    fine_grid_learning_rate: float = 1e-3
+    fine_grid_lesion_weight: float = 2.0
+    fine_grid_small_lesion_studies: int = 60
+    fine_grid_seed: int = 28
 
     def networks(self) -> tuple[NetworkSpec, NetworkSpec, Preprocessing]:
         """UNet_whole, UNet_patch and the preprocessing of this recipe's size."""
@@ -142,6 +160,7 @@ class BundledRecipe:
         return replace(self, train_studies=3, validation_studies=0, held_out_studies=1, whole_iterations=4,
                        whole_finetune_iterations=2, whole_polish_iterations=2, typing_studies=4,
                        whole_typing_iterations=2, typer_studies=4, typer_iterations=20,
+                       fine_grid_iterations=2, fine_grid_small_lesion_studies=1,
                        whole_batch_size=1, patch_iterations=4, patch_batch_size=4, hard_case_studies=2,
                        processes=1, loader_workers=0)
 
@@ -205,11 +224,33 @@ def train_bundled(
     whole_start: Path | None = None,
 ) -> Path:
     """Train both networks and write weights plus model card to `out_dir`; returns the card path.
-    `work_dir` holds checkpoints and the held-out evaluation. `whole_start`: UNet_whole weights made
-    by the natural-mix stages of an earlier run (the bundled model's): only the type-balanced stage
-    of UNet_whole runs, from them."""
+    `work_dir` holds checkpoints, the coarse model (when the recipe has a fine-grid stage) and the
+    held-out evaluation. `whole_start`: UNet_whole weights made by the natural-mix stages of an
+    earlier run (the bundled model's): only the later stages of UNet_whole run, from them."""
     say = progress or log.info
     started = time.perf_counter()
+    if recipe.fine_grid_iterations <= 0:
+        return _train_coarse(out_dir, work_dir, recipe, cascade, resume, say, whole_start, started, evaluate=True)[0]
+    coarse_dir = work_dir / "coarse-model"
+    _, polished = _train_coarse(coarse_dir, work_dir, recipe, cascade, resume, say, whole_start, started,
+                                evaluate=False)
+    return _train_fine_grid(coarse_dir, polished, out_dir, work_dir / "fine-grid", recipe, cascade, resume, say,
+                            started)
+
+
+def _train_coarse(
+    out_dir: Path,
+    work_dir: Path,
+    recipe: BundledRecipe,
+    cascade: CascadeConfig,
+    resume: bool,
+    say: Callable[[str], None],
+    whole_start: Path | None,
+    started: float,
+    evaluate: bool,
+) -> tuple[Path, Path | None]:
+    """The coarse-grid stages of the recipe into `out_dir` (with the held-out evaluation when
+    `evaluate`); returns the card path and the weights of the polished (third) stage, if any."""
     whole_spec, patch_spec, prep = recipe.networks()
     stages = whole_stages(recipe, prep)
     stage_names = [stage.weights_name for stage in stages]
@@ -298,6 +339,9 @@ def train_bundled(
                           feature_grid=grid)
     card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s,
                        start_note, typer)
+    polished = by_stage.get("unet_whole_polished.pt")
+    if not evaluate:
+        return card_path, polished
 
     evaluation_dir = work_dir / "held-out"
     backend = CardBackend(out_dir, device)
@@ -316,7 +360,132 @@ def train_bundled(
     card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s, metrics,
                        typer)
     say(f"bundled model written to {out_dir} in {(time.perf_counter() - started) / 60:.1f} min")
-    return card_path
+    return card_path, polished
+
+
+def _plain(description: str) -> str:
+    """A training-data description without its closing not-for-clinical-use sentence (the card
+    says it once, at the end)."""
+    for ending in ("No patient data. Synthetic phantoms only: NOT FOR CLINICAL USE.", "; NOT FOR CLINICAL USE"):
+        description = description.strip().removesuffix(ending).strip()
+    return description.rstrip(".;, ")
+
+
+def _fine_whole_source(recipe: BundledRecipe) -> TrainingSource:
+    """The studies of the fine-grid UNet_whole stage."""
+    return TrainingSource(phantoms=recipe.typing_studies, type_balanced=True,
+                          small_lesion_studies=recipe.fine_grid_small_lesion_studies, processes=recipe.processes)
+
+
+def _fine_patch_source(recipe: BundledRecipe) -> TrainingSource:
+    """The studies of the fine-grid UNet_patch."""
+    return TrainingSource(phantoms=recipe.typing_studies if recipe.patch_on_typing_studies else recipe.train_studies,
+                          type_balanced=recipe.patch_on_typing_studies, processes=recipe.processes)
+
+
+def write_fine_grid_card(
+    out_dir: Path,
+    coarse: ModelCard,
+    polished: Path | None,
+    recipe: BundledRecipe,
+    evaluation: PhantomEvaluation,
+    seconds: dict[str, float],
+    notes: dict[str, str] | None = None,
+) -> Path:
+    """The bundled card of a fine-grid model folder `out_dir` (UNet_whole, UNet_patch and typer
+    written by the fine-grid stage): the recipe, the coarse model it started from (`coarse`), the
+    polished coarse stage kept beside it for ``--whole-from`` (copied into `out_dir`), the held-out
+    `evaluation` (copied as ``held_out_evaluation.md``), training `seconds` and free-text `notes`."""
+    metrics: dict = {}
+    if polished is not None:
+        kept = out_dir / polished.name
+        if not kept.exists() or not kept.samefile(polished):
+            shutil.copy2(polished, kept)
+        metrics["whole_polished_stage"] = {
+            "file": polished.name, "sha256": sha256_of(kept),
+            "note": "UNet_whole after the recipe's first three (coarse) stages, which mined the coarse model's "
+                    "heads; `livernode train bundled --whole-from` this file runs the later stages and the rest "
+                    "of the recipe"}
+    metrics["coarse_model"] = {"whole": coarse.whole.file, "whole_sha256": coarse.whole.sha256,
+                               "preprocessing": asdict(coarse.preprocessing),
+                               "validation": coarse.metrics.get("validation"),
+                               "note": "the model of the recipe's coarse stages (1-4, with their own UNet_patch and "
+                                       "typer), from which the fine-grid stage started; kept in the work folder"}
+    shutil.copy2(evaluation.report_markdown, out_dir / "held_out_evaluation.md")
+    card = read_model_card(out_dir)
+    metrics = {**card.metrics, **metrics, "recipe": asdict(recipe),
+               "held_out_liver_dice_mean": evaluation.liver_dice_mean,
+               "held_out_organ_dice_mean": evaluation.organ_dice_mean,
+               "held_out_report": json.loads(evaluation.report_json.read_text(encoding="utf-8")),
+               "held_out_studies": recipe.held_out_studies,
+               "training_seconds": {**coarse.metrics.get("training_seconds", {}), **seconds},
+               **(notes or {})}
+    typer_part = (f"; the lesion typer on {_plain(card.typer.training.get('training_data', ''))}, its \"not a "
+                  "lesion\" rows this UNet_whole's false positives" if card.typer is not None else "")
+    training_data = (
+        f"Coarse stages: {_plain(coarse.training_data)}. Fine-grid stage "
+        f"({'x'.join(f'{v:g}' for v in recipe.fine_grid_spacing_mm)} mm, anti-aliased): UNet_whole on "
+        f"{_plain(_fine_whole_source(recipe).describe())}; UNet_patch on {_plain(_fine_patch_source(recipe).describe())}"
+        f"{typer_part}. No patient data. Synthetic phantoms only: NOT FOR CLINICAL USE.")
+    card = replace(card, name=MODEL_NAME, version=recipe.version, training_data=training_data,
+                   intended_use=intended_use_for(_fine_whole_source(recipe)), metrics=metrics)
+    return write_model_card(out_dir, card)
+
+
+def _train_fine_grid(
+    coarse_dir: Path,
+    polished: Path | None,
+    out_dir: Path,
+    work_dir: Path,
+    recipe: BundledRecipe,
+    cascade: CascadeConfig,
+    resume: bool,
+    say: Callable[[str], None],
+    started: float,
+) -> Path:
+    """The fine-grid stage: UNet_whole of the coarse model in `coarse_dir` trained on
+    `recipe.fine_grid_spacing_mm`, then its own UNet_patch and lesion typer (what ``livernode train
+    whole --init``, ``train patch`` and ``train typer`` do), the held-out evaluation and the card, in
+    `out_dir`. `polished` (the third coarse stage) is kept beside them for ``--whole-from``."""
+    whole_spec, patch_spec, coarse_prep = recipe.networks()
+    shape = ModelShape(whole_spec, patch_spec, coarse_prep)
+    fine_started = time.perf_counter()
+    whole_config = TrainConfig(
+        iterations=recipe.fine_grid_iterations, batch_size=recipe.whole_batch_size,
+        learning_rate=recipe.fine_grid_learning_rate, lesion_class_weight=recipe.fine_grid_lesion_weight,
+        lesion_union_weight=recipe.lesion_union_weight, validate_every=max(1, recipe.fine_grid_iterations // 4),
+        num_workers=recipe.loader_workers, device=recipe.device, seed=recipe.fine_grid_seed,
+    )
+    whole_source = _fine_whole_source(recipe)
+    say(f"fine-grid stage: UNet_whole from {coarse_dir} onto {recipe.fine_grid_spacing_mm} mm, anti-aliased")
+    train_whole_model(out_dir, work_dir, whole_source, whole_config, shape, init_model=coarse_dir, name=MODEL_NAME,
+                      resume=resume, progress=say, anti_alias=True, target_spacing_mm=recipe.fine_grid_spacing_mm)
+    patch_config = TrainConfig(
+        iterations=recipe.patch_iterations, batch_size=recipe.patch_batch_size, positive_fraction=0.5,
+        lesion_class_weight=recipe.patch_lesion_weight, lesion_union_weight=recipe.lesion_union_weight,
+        num_workers=recipe.loader_workers, device=recipe.device, seed=3,
+    )
+    patch_source = _fine_patch_source(recipe)
+    train_patch_model(out_dir, work_dir, patch_source, patch_config, patch_spec, cascade,
+                      hard_case_studies=recipe.hard_case_studies, resume=resume, progress=say,
+                      type_balance=recipe.patch_type_balance)
+    fine_prep = read_model_card(out_dir).preprocessing
+    if recipe.typer_studies:
+        typer_source = TrainingSource(phantoms=recipe.typer_studies, type_balanced=True, validation_fraction=0.0,
+                                      processes=recipe.processes)
+        grid = study_feature_grid(fine_prep) if recipe.typer_reads_study else None
+        studies = typer_source.typer_studies(fine_prep, work_dir, say, with_study=grid is not None)
+        train_typer_model(out_dir, studies, typer_source.describe(), TyperTraining(iterations=recipe.typer_iterations),
+                          progress=say, predictor=whole_predictor(out_dir, recipe.device), feature_grid=grid)
+    fine_s = time.perf_counter() - fine_started
+    device = select_device(recipe.device)
+    evaluation = evaluate_on_phantoms(CardBackend(out_dir, device), held_out_specs(recipe.held_out_studies), cascade,
+                                      work_dir / "held-out", say, processes=recipe.processes,
+                                      cache_dir=work_dir / "cases")
+    path = write_fine_grid_card(out_dir, read_model_card(coarse_dir), polished, recipe, evaluation,
+                                {"fine_grid": fine_s})
+    say(f"bundled model written to {out_dir} in {(time.perf_counter() - started) / 60:.1f} min")
+    return path
 
 
 def _write(out_dir: Path, prep: Preprocessing, whole: TrainResult, patch: TrainResult, recipe: BundledRecipe,

@@ -22,10 +22,17 @@ def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) 
     card_path = train_bundled(tmp_path / "model", tmp_path / "work", recipe, progress=messages.append,
                               whole_start=start)
     card = read_model_card(card_path.parent)
-    assert card.whole.file == "unet_whole_typed.pt" and card.patch.file == "unet_patch.pt"
+    # the result is the fine-grid stage's, started from the coarse model the work folder keeps
+    assert card.whole.file == "unet_whole.pt" and card.patch.file == "unet_patch.pt"
+    assert card.preprocessing.target_spacing_mm == recipe.fine_grid_spacing_mm and card.preprocessing.anti_alias
+    coarse = read_model_card(tmp_path / "work" / "coarse-model")
+    assert coarse.whole.file == "unet_whole_typed.pt" and not coarse.preprocessing.anti_alias
+    assert card.metrics["coarse_model"]["whole_sha256"] == coarse.whole.sha256 != card.whole.sha256
     polished_sha = bundled["metrics"]["whole_polished_stage"]["sha256"]
-    assert card.whole.sha256 != polished_sha  # the type-balanced stage changed it
-    assert card.metrics["whole_started_from"] == {"file": start.name, "sha256": polished_sha}
+    assert coarse.whole.sha256 != polished_sha  # the type-balanced stage changed it
+    assert coarse.metrics["whole_started_from"] == {"file": start.name, "sha256": polished_sha}
+    assert card.metrics["whole_polished_stage"]["sha256"] == polished_sha  # kept for --whole-from
+    assert (tmp_path / "model" / start.name).is_file()
     assert card.metrics["recipe"]["typing_studies"] == recipe.typing_studies
     assert "held_out_report" in card.metrics
     assert {"SPLEEN", "STOMACH"} <= set(card.metrics["held_out_organ_dice_mean"])
@@ -35,9 +42,12 @@ def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) 
     assert FeatureGrid.from_json(card.typer.feature_grid) == study_feature_grid(card.preprocessing)
     assert any("the lesion typer reads the study's own HU" in m for m in messages)
     assert (tmp_path / "model" / "held_out_evaluation.md").is_file()
-    # only the type-balanced stage of UNet_whole ran; the natural-mix studies were never made
-    assert not any(name in m for m in messages for name in ("unet_whole.pt:", "unet_whole_polished.pt:"))
-    assert any("unet_whole_typed.pt: iteration" in m for m in messages)
+    # only the type-balanced stage of UNet_whole ran on the coarse grid; the natural-mix studies were never made
+    fine = next(i for i, m in enumerate(messages) if m.startswith("fine-grid stage"))
+    coarse_messages, fine_messages = messages[:fine], messages[fine:]
+    assert not any(name in m for m in coarse_messages for name in ("unet_whole.pt:", "unet_whole_polished.pt:"))
+    assert any("unet_whole_typed.pt: iteration" in m for m in coarse_messages)
+    assert any("unet_whole.pt: iteration" in m for m in fine_messages)
     # the heads are mined with the polished stage, which the started weights stand for
     assert any(f"false positives: mined with {start.name}" in m for m in messages)
     assert not (tmp_path / "work" / "unet_whole.checkpoint.pt").exists()

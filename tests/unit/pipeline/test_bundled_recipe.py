@@ -18,7 +18,14 @@ TYPING_FIELDS = {"patch_on_typing_studies", "patch_iterations", "patch_type_bala
 
 def test_default_recipe_is_the_one_recorded_in_the_bundled_model_card() -> None:
     card = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))
-    assert card["metrics"]["recipe"] == asdict(BundledRecipe())
+    assert card["metrics"]["recipe"] == json.loads(json.dumps(asdict(BundledRecipe())))  # tuples as lists
+    # the bundled folder is the fine-grid stage's: its UNet_whole works on that grid, anti-aliased
+    assert card["preprocessing"]["target_spacing_mm"] == list(BundledRecipe().fine_grid_spacing_mm)
+    assert card["preprocessing"]["anti_alias"] and card["whole"]["file"] == "unet_whole.pt"
+    assert card["metrics"]["whole_training"]["seed"] == BundledRecipe().fine_grid_seed
+    assert card["metrics"]["whole_training"]["iterations"] == BundledRecipe().fine_grid_iterations
+    assert card["metrics"]["coarse_model"]["whole"] == "unet_whole_typed.pt"
+    assert "NOT FOR CLINICAL USE" in card["training_data"] and "NOT FOR CLINICAL USE" in card["intended_use"]
 
 
 def test_type_balanced_recipe_changes_only_the_typing_settings() -> None:

@@ -184,7 +184,8 @@ def _weak_site_typer(malignant: float):
 def test_malignant_rescue_keeps_a_small_lesion_reclassification_dropped_when_the_typer_is_sure():
     probabilities, hu = study(np.float32)
     model = hu_model({310.0: 4})  # UNet_patch sees nothing at the weak site: dropped
-    plain = run_cascade(probabilities, hu, GEOMETRY, model, CONFIG, lesion_typer=_weak_site_typer(0.9))
+    plain = run_cascade(probabilities, hu, GEOMETRY, model, replace(CONFIG, rescue_malignant_probability=0.0),
+                        lesion_typer=_weak_site_typer(0.9))
     assert [l.lesion_type for l in plain.high_recls] == [LesionType.HEM]
 
     rescue = CascadeConfig(patch_size_voxels=(4, 16, 16), inference_patches_per_lesion=4,
