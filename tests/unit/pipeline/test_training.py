@@ -339,8 +339,8 @@ def test_anti_aliased_resampling_averages_noise_only_along_downsampled_axes() ->
 
 def test_model_cards_without_anti_alias_read_as_before(tmp_path: Path) -> None:
     data = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))["preprocessing"]
-    assert "anti_alias" not in data or data["anti_alias"] is False
-    data.pop("anti_alias", None)
+    assert data["anti_alias"] is True  # the bundled fine-grid model (0.2.0) is anti-aliased
+    data.pop("anti_alias")  # a card written before the setting existed
     assert Preprocessing.from_json(data).anti_alias is False
     assert Preprocessing.from_json({**data, "anti_alias": True}).anti_alias is True
 
