@@ -196,8 +196,7 @@ def _rescue_small_malignant(
     """The lesions reclassification `dropped` from the map `labels` that the malignant rescue keeps."""
     candidates = [lesion for lesion in dropped if lesion.volume_ml <= config.rescue_max_volume_ml]
     probabilities = typer_probabilities(candidates, hu, labels, geometry, lesion_typer, typer_grid, moved_hu)
-    return lesions_to_rescue(candidates, probabilities, config.rescue_malignant_probability,
-                             config.rescue_max_volume_ml)
+    return lesions_to_rescue(candidates, probabilities, config.rescue_malignant_probability)
 
 
 def run_cascade(

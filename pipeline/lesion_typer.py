@@ -231,19 +231,12 @@ def malignant_probability(probabilities: np.ndarray) -> np.ndarray:
     return np.asarray(probabilities)[:, columns].sum(axis=1) if len(probabilities) else np.zeros(0)
 
 
-def lesions_to_rescue(
-    dropped: Sequence[Lesion],
-    probabilities: np.ndarray,
-    min_probability: float,
-    max_volume_ml: float,
-) -> list[Lesion]:
-    """The lesions reclassification `dropped` that the typer calls malignant with at least
-    `min_probability` (HCC + ICC + metastasis, rows of :func:`typer_probabilities`), among those of
-    at most `max_volume_ml`: small lesions UNet_patch cannot judge (docs/cascade.md, "malignant
-    rescue")."""
-    scores = malignant_probability(probabilities)
-    return [lesion for lesion, score in zip(dropped, scores)
-            if lesion.volume_ml <= max_volume_ml and score >= min_probability]
+def lesions_to_rescue(dropped: Sequence[Lesion], probabilities: np.ndarray, min_probability: float) -> list[Lesion]:
+    """The lesions of `dropped` (reclassification's, already limited to the rescue's volume) that
+    the typer calls malignant with at least `min_probability` (HCC + ICC + metastasis, rows of
+    :func:`typer_probabilities`): small lesions UNet_patch cannot judge (docs/cascade.md,
+    "Malignant rescue")."""
+    return [lesion for lesion, score in zip(dropped, malignant_probability(probabilities)) if score >= min_probability]
 
 
 def save_typer(network: torch.nn.Module, path: Path) -> str:

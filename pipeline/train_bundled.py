@@ -22,9 +22,9 @@ from pipeline.lesion_typer import TyperTraining
 from pipeline.model import (
     PATCH_NETWORK,
     WHOLE_NETWORK,
+    ModelCard,
     NetworkSpec,
     Preprocessing,
-    ModelCard,
     TyperEntry,
     load_native_network,
     read_model_card,
@@ -36,8 +36,14 @@ from pipeline.model import (
 from pipeline.types import LESION_LABELS, NUM_CLASSES
 from pipeline.phantom_evaluation import PhantomEvaluation, evaluate_on_phantoms
 from pipeline.train import TrainConfig, TrainResult, train_network, write_card
-from pipeline.train_models import ModelShape, TrainingSource, intended_use_for, train_patch_model, train_whole_model
-from pipeline.train_models import whole_predictor
+from pipeline.train_models import (
+    ModelShape,
+    TrainingSource,
+    intended_use_for,
+    train_patch_model,
+    train_whole_model,
+    whole_predictor,
+)
 from pipeline.train_patch import train_patch_network
 from pipeline.train_typer import fit_typer, train_typer_model
 from pipeline.typer_grid import study_feature_grid
