@@ -337,6 +337,28 @@ def test_anti_aliased_resampling_averages_noise_only_along_downsampled_axes() ->
                                   resample_volume(labels, (40, 64, 64), mode="nearest"))
 
 
+@pytest.mark.parametrize("source_shape, shape", [((37, 90, 70), (9, 40, 70)), ((2, 12, 50, 61), (20, 17, 13))])
+def test_anti_aliased_resampling_is_gaussian_filter_then_trilinear(
+    source_shape: tuple[int, ...], shape: tuple[int, int, int]
+) -> None:
+    """The axis-by-axis matrix products give what smoothing the whole volume, then interpolating, gives."""
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    from pipeline.inference import anti_alias_sigmas, resample_volume
+
+    volume = np.random.default_rng(1).normal(80.0, 40.0, source_shape).astype(np.float32)
+    sigmas = (0.0,) * (volume.ndim - 3) + anti_alias_sigmas(volume.shape, shape)
+    smoothed = torch.from_numpy(ndimage.gaussian_filter(volume, sigmas, mode="nearest"))
+    batch = smoothed[None, None] if volume.ndim == 3 else smoothed[None]
+    expected = F.interpolate(batch, size=shape, mode="trilinear", align_corners=False)[0]
+    expected = (expected[0] if volume.ndim == 3 else expected).numpy()
+    got = resample_volume(volume, shape, anti_alias=True)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
 def test_model_cards_without_anti_alias_read_as_before(tmp_path: Path) -> None:
     data = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))["preprocessing"]
     assert data["anti_alias"] is True  # the bundled fine-grid model (0.2.0) is anti-aliased
