@@ -97,7 +97,8 @@ class BundledRecipe:
     #: UNet_patch trains on the type-balanced studies (else on the first `train_studies`)
     patch_on_typing_studies: bool = False
     #: the UNet_whole stage whose detections give UNet_patch's hard cases and the lesion typer's
-    #: "not a lesion" rows ("": the last stage). The bundled heads were mined with the polished
+    #: "not a lesion" rows ("": the last stage), in a recipe without a fine-grid stage (with one,
+    #: the coarse stages train UNet_whole only and the fine grid's heads are mined with its own). The bundled heads were mined with the polished
     #: (third) stage and kept when the fourth stage was added: retrained on the fourth stage's
     #: detections the typer left more patients uncertain on validation (7 against 3).
     heads_mined_with: str = "unet_whole_polished.pt"
@@ -236,10 +237,10 @@ def train_bundled(
     say = progress or log.info
     started = time.perf_counter()
     if recipe.fine_grid_iterations <= 0:
-        return _train_coarse(out_dir, work_dir, recipe, cascade, resume, say, whole_start, started, evaluate=True)[0]
+        return _train_coarse(out_dir, work_dir, recipe, cascade, resume, say, whole_start, started, complete=True)[0]
     coarse_dir = work_dir / "coarse-model"
     _, polished = _train_coarse(coarse_dir, work_dir, recipe, cascade, resume, say, whole_start, started,
-                                evaluate=False)
+                                complete=False)
     return _train_fine_grid(coarse_dir, polished, out_dir, work_dir / "fine-grid", recipe, cascade, resume, say,
                             started)
 
@@ -253,10 +254,13 @@ def _train_coarse(
     say: Callable[[str], None],
     whole_start: Path | None,
     started: float,
-    evaluate: bool,
+    complete: bool,
 ) -> tuple[Path, Path | None]:
-    """The coarse-grid stages of the recipe into `out_dir` (with the held-out evaluation when
-    `evaluate`); returns the card path and the weights of the polished (third) stage, if any."""
+    """The coarse-grid stages of the recipe into `out_dir`; returns the card path and the weights of
+    the polished (third) stage, if any. `complete`: a whole model, with UNet_patch, the lesion typer
+    and the held-out evaluation; else UNet_whole alone, the start of the fine-grid stage, which
+    trains its own heads (coarse ones would be mined on another network's false positives and
+    thrown away: about 35 minutes of a full run here)."""
     whole_spec, patch_spec, prep = recipe.networks()
     stages = whole_stages(recipe, prep)
     stage_names = [stage.weights_name for stage in stages]
@@ -279,7 +283,8 @@ def _train_coarse(
     train_specs = [sample_case_spec(TRAIN_SEED_BASE + i) for i in range(recipe.train_studies)]
     typing_specs = type_balanced_training_specs(recipe.typing_studies) if recipe.typing_studies else train_specs
     val_specs = [sample_case_spec(VALIDATION_SEED_BASE + i) for i in range(recipe.validation_studies)]
-    need_train_cases = any(not stage.on_typing_studies for stage in stages) or not recipe.patch_on_typing_studies
+    need_train_cases = (any(not stage.on_typing_studies for stage in stages)
+                        or (complete and not recipe.patch_on_typing_studies))
     say(f"generating {len(train_specs)} training ({len(typing_specs)} type-balanced) and {len(val_specs)} "
         "validation phantom studies")
     cache_dir = work_dir / "cases"
@@ -305,6 +310,12 @@ def _train_coarse(
     if whole is None:
         raise ValueError(f"whole_iterations must be >= 1, got {recipe.whole_iterations}")
 
+    polished = by_stage.get("unet_whole_polished.pt")
+    if not complete:
+        _copy_into(out_dir, whole)
+        card_path = _write(out_dir, prep, whole, None, recipe, train_specs, typing_specs, 0, generation_s,
+                           start_note, None)
+        return card_path, polished
     device = select_device(recipe.device)
     miner_weights = by_stage[recipe.heads_mined_with] if recipe.heads_mined_with else whole.weights_path
     say(f"UNet_patch's hard cases and the typer's false positives: mined with {miner_weights.name}")
@@ -328,10 +339,7 @@ def _train_coarse(
                                               predictor, recipe.hard_case_studies, resume=resume, progress=say,
                                               type_balance=recipe.patch_type_balance)
 
-    for result in (whole, patch):
-        target = out_dir / result.weights_path.name
-        if not target.exists() or not target.samefile(result.weights_path):
-            shutil.copy2(result.weights_path, target)
+    _copy_into(out_dir, whole, patch)
     typer = None
     if recipe.typer_studies:
         typer_specs = type_balanced_training_specs(recipe.typer_studies)
@@ -343,12 +351,7 @@ def _train_coarse(
                           f"{typer_specs[0].seed}-{typer_specs[-1].seed}); NOT FOR CLINICAL USE",
                           TyperTraining(iterations=recipe.typer_iterations), say, predictor, cascade,
                           feature_grid=grid)
-    card_path = _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s,
-                       start_note, typer)
-    polished = by_stage.get("unet_whole_polished.pt")
-    if not evaluate:
-        return card_path, polished
-
+    _write(out_dir, prep, whole, patch, recipe, train_specs, typing_specs, patch_count, generation_s, start_note, typer)
     evaluation_dir = work_dir / "held-out"
     backend = CardBackend(out_dir, device)
     evaluation = evaluate_on_phantoms(backend, held_out_specs(recipe.held_out_studies), cascade, evaluation_dir, say,
@@ -367,6 +370,14 @@ def _train_coarse(
                        typer)
     say(f"bundled model written to {out_dir} in {(time.perf_counter() - started) / 60:.1f} min")
     return card_path, polished
+
+
+def _copy_into(out_dir: Path, *results: TrainResult) -> None:
+    """Copy trained weights into the model folder (unless they were written there)."""
+    for result in results:
+        target = out_dir / result.weights_path.name
+        if not target.exists() or not target.samefile(result.weights_path):
+            shutil.copy2(result.weights_path, target)
 
 
 def _plain(description: str) -> str:
@@ -409,14 +420,13 @@ def write_fine_grid_card(
             shutil.copy2(polished, kept)
         metrics["whole_polished_stage"] = {
             "file": polished.name, "sha256": sha256_of(kept),
-            "note": "UNet_whole after the recipe's first three (coarse) stages, which mined the coarse model's "
-                    "heads; `livernode train bundled --whole-from` this file runs the later stages and the rest "
-                    "of the recipe"}
+            "note": "UNet_whole after the recipe's first three (coarse) stages; `livernode train bundled "
+                    "--whole-from` this file runs the later stages and the rest of the recipe"}
     metrics["coarse_model"] = {"whole": coarse.whole.file, "whole_sha256": coarse.whole.sha256,
                                "preprocessing": asdict(coarse.preprocessing),
                                "validation": coarse.metrics.get("validation"),
-                               "note": "the model of the recipe's coarse stages (1-4, with their own UNet_patch and "
-                                       "typer), from which the fine-grid stage started; kept in the work folder"}
+                               "note": "UNet_whole of the recipe's coarse stages (1-4), from which the fine-grid "
+                                       "stage started; kept in the work folder"}
     shutil.copy2(evaluation.report_markdown, out_dir / "held_out_evaluation.md")
     card = read_model_card(out_dir)
     metrics = {**card.metrics, **metrics, "recipe": asdict(recipe),
@@ -494,29 +504,34 @@ def _train_fine_grid(
     return path
 
 
-def _write(out_dir: Path, prep: Preprocessing, whole: TrainResult, patch: TrainResult, recipe: BundledRecipe,
+def _write(out_dir: Path, prep: Preprocessing, whole: TrainResult, patch: TrainResult | None, recipe: BundledRecipe,
            train_specs, typing_specs, patch_count: int, generation_s: float, metrics: dict,
            typer: TyperEntry | None) -> Path:
+    """The card of a coarse model folder; `patch` None: UNet_whole alone (the fine-grid stage's start)."""
     seeds = sorted({spec.seed for spec in (*train_specs, *typing_specs)})
     if recipe.typing_studies:
         first_use, last_use = ("UNet_whole's first stages", "its last stage and UNet_patch") \
             if recipe.patch_on_typing_studies else ("UNet_whole's first stages and UNet_patch", "its last stage")
+        if patch is None:
+            first_use, last_use = "UNet_whole's first stages", "its last stage"
         use = (f"the first {len(train_specs)} for {first_use}, {len(typing_specs)} chosen so every primary "
                f"lesion type is equally common for {last_use}")
     else:
-        use = "natural lesion-type mix, for both networks"
+        use = "natural lesion-type mix, for both networks" if patch is not None else "natural lesion-type mix"
+    patch_part = f", {patch_count} lesion-shuffle patches for UNet_patch" if patch is not None else \
+        " (UNet_whole only)"
     typer_part = (f"; the lesion typer on the true lesions and UNet_whole's false positives of "
                   f"{typer.training.get('studies')} type-balanced phantoms (seeds from {TRAIN_SEED_BASE})"
                   if typer is not None else "")
     training_data = (
         f"{len(seeds)} synthetic multi-phase CT phantoms made by livernode's own generator "
-        f"(pipeline.phantom, seeds {seeds[0]}-{seeds[-1]}: {use}; validation seeds from {VALIDATION_SEED_BASE}), "
-        f"{patch_count} lesion-shuffle patches for UNet_patch{typer_part}. No patient data. Synthetic phantoms "
-        "only: NOT FOR CLINICAL USE."
+        f"(pipeline.phantom, seeds {seeds[0]}-{seeds[-1]}: {use}; validation seeds from {VALIDATION_SEED_BASE})"
+        f"{patch_part}{typer_part}. No patient data. Synthetic phantoms only: NOT FOR CLINICAL USE."
     )
     metrics = dict(metrics)
     metrics["recipe"] = asdict(recipe)
-    metrics["training_seconds"] = {"generation": generation_s, "whole": whole.seconds, "patch": patch.seconds}
+    metrics["training_seconds"] = {"generation": generation_s, "whole": whole.seconds,
+                                   **({"patch": patch.seconds} if patch is not None else {})}
     whole_spec, patch_spec, _ = recipe.networks()
     return write_card(out_dir, prep, whole, patch, patch_spec, MODEL_NAME, recipe.version, training_data, metrics,
                       whole_spec=whole_spec, typer=typer)

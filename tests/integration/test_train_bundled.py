@@ -1,5 +1,6 @@
 """`train_bundled` end to end on the small recipe, continuing from the bundled UNet_whole
-(`--whole-from`): only the type-balanced stage, UNet_patch and the lesion typer train, the held-out
+(`--whole-from`): only the type-balanced coarse stage, then the fine-grid UNet_whole, UNet_patch and
+the lesion typer train, the held-out
 evaluation runs (with the typer), and the card says where UNet_whole started. Takes a few minutes (phantom generation)."""
 
 from __future__ import annotations
@@ -48,6 +49,29 @@ def test_train_bundled_continues_from_the_bundled_whole_weights(tmp_path: Path) 
     assert not any(name in m for m in coarse_messages for name in ("unet_whole.pt:", "unet_whole_polished.pt:"))
     assert any("unet_whole_typed.pt: iteration" in m for m in coarse_messages)
     assert any("unet_whole.pt: iteration" in m for m in fine_messages)
+    # the coarse stages train UNet_whole only: the fine-grid stage trains and mines its own heads
+    assert coarse.patch is None and coarse.typer is None and "UNet_whole only" in coarse.training_data
+    assert not any("false positives: mined with" in m for m in coarse_messages)
+    assert not (tmp_path / "work" / "coarse-model" / "unet_patch.pt").exists()
+    assert not (tmp_path / "work" / "unet_whole.checkpoint.pt").exists()
+
+
+def test_train_bundled_without_a_fine_grid_stage_trains_the_coarse_heads(tmp_path: Path) -> None:
+    """A recipe without the fine-grid stage (the 0.1.0 recipe) ends in a whole coarse model: its
+    UNet_patch and lesion typer mined with the stage `heads_mined_with` names, and the held-out run."""
+    bundled = json.loads((BUNDLED_MODEL_DIR / "model_card.json").read_text(encoding="utf-8"))
+    start = BUNDLED_MODEL_DIR / bundled["metrics"]["whole_polished_stage"]["file"]
+    messages: list[str] = []
+    recipe = replace(BundledRecipe().small(), fine_grid_iterations=0)
+    card_path = train_bundled(tmp_path / "model", tmp_path / "work", recipe, progress=messages.append,
+                              whole_start=start)
+    card = read_model_card(card_path.parent)
+    assert card.whole.file == "unet_whole_typed.pt" and card.patch is not None and card.typer is not None
+    assert card.preprocessing.target_spacing_mm == (4.0, 3.0, 3.0) and not card.preprocessing.anti_alias
+    assert "lesion-shuffle patches for UNet_patch" in card.training_data
+    assert set(card.metrics["training_seconds"]) == {"generation", "whole", "patch"}
     # the heads are mined with the polished stage, which the started weights stand for
     assert any(f"false positives: mined with {start.name}" in m for m in messages)
-    assert not (tmp_path / "work" / "unet_whole.checkpoint.pt").exists()
+    assert "held_out_report" in card.metrics and (tmp_path / "model" / "held_out_evaluation.md").is_file()
+    assert not (tmp_path / "work" / "coarse-model").exists()
+    assert not any(m.startswith("fine-grid stage") for m in messages)
