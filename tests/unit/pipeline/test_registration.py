@@ -136,6 +136,28 @@ def test_one_resampler_inverts_the_field_once_for_many_masks(pair, registered, m
         phase_grid_resampler(registered, Phase.DP)
 
 
+def test_masks_are_resampled_on_their_boxes_with_the_values_of_the_whole_grid(pair, registered, monkeypatch):
+    """Cropping to where a mask can land changes no voxel: the same masks through a resampler that
+    works on the whole grids (the boxes forced to everything) give identical arrays."""
+    _, vp_blob, _ = pair
+    import pipeline.registration as registration
+
+    edge = np.zeros_like(vp_blob)
+    edge[:3, :4, -5:] = True  # touches three faces of the grid
+    corner_label = edge.astype(np.uint8) * 7
+    masks = [vp_blob, np.roll(vp_blob, 3, axis=1), edge, vp_blob.astype(np.uint8) * 5, corner_label,
+             np.zeros_like(vp_blob)]
+    cropped = [phase_grid_resampler(registered, Phase.AP)(mask) for mask in masks]
+    everything = lambda shape: tuple(slice(0, n) for n in shape)  # noqa: E731
+    monkeypatch.setattr(registration, "_nonzero_box", lambda values, margin: everything(values.shape))
+    monkeypatch.setattr(registration, "_landing_box", lambda box, source, target, reach: everything(target.shape))
+    whole = [phase_grid_resampler(registered, Phase.AP)(mask) for mask in masks]
+    for mask, fast, slow in zip(masks, cropped, whole):
+        assert fast.dtype == slow.dtype and fast.shape == slow.shape
+        np.testing.assert_array_equal(fast, slow)
+    assert cropped[0].any() and cropped[2].any() and not cropped[-1].any()
+
+
 def _failing(*_args):
     raise RuntimeError("elastix exploded")
 
