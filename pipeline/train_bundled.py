@@ -98,9 +98,10 @@ class BundledRecipe:
     patch_on_typing_studies: bool = False
     #: the UNet_whole stage whose detections give UNet_patch's hard cases and the lesion typer's
     #: "not a lesion" rows ("": the last stage), in a recipe without a fine-grid stage (with one,
-    #: the coarse stages train UNet_whole only and the fine grid's heads are mined with its own). The bundled heads were mined with the polished
-    #: (third) stage and kept when the fourth stage was added: retrained on the fourth stage's
-    #: detections the typer left more patients uncertain on validation (7 against 3).
+    #: the coarse stages train UNet_whole only and the fine grid's heads are mined with its own).
+    #: The 0.1.0 heads were mined with the polished (third) stage and kept when the fourth stage
+    #: was added: retrained on the fourth stage's detections the typer left more patients
+    #: uncertain on validation (7 against 3).
     heads_mined_with: str = "unet_whole_polished.pt"
     whole_batch_size: int = 2
     patch_iterations: int = 2500
