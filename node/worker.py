@@ -1,7 +1,9 @@
 """The processing worker: the pipeline in its own process, the processor made once per process.
 
 `WorkerProcess` (in the node) starts a child process that builds the processor with the configured
-factory ("module:attribute"), then runs one study at a time on request. The parent waits with a
+factory ("module:attribute"), calls its optional ``warm_up()`` (the study processor loads itk's
+elastix modules there, so the first study does not wait for them), then runs one study at a time
+on request. The parent waits with a
 wall-clock limit; a timeout kills the child, a crash or out-of-memory ends it: each is a failed
 attempt, and a fresh child is started for the next study. The listener never shares a process with
 the pipeline.
@@ -100,6 +102,9 @@ def _child_main(connection: multiprocessing.connection.Connection, factory_spec:
     try:
         settings = Settings.model_validate_json(settings_json)
         processor = load_factory(factory_spec)(settings)
+        warm_up = getattr(processor, "warm_up", None)
+        if callable(warm_up):  # optional: load lazily loaded libraries before reporting ready
+            warm_up()
     except BaseException as error:  # report why the worker cannot start, then stop
         connection.send(("start-failed", f"{type(error).__name__}: {error}"))
         return

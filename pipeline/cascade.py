@@ -192,9 +192,11 @@ def _rescue_small_malignant(
     config: CascadeConfig,
     typer_grid: FeatureGrid | None,
     moved_hu: Mapping[Phase, np.ndarray] | None,
+    max_volume_ml: float,
 ) -> list[Lesion]:
-    """The lesions reclassification `dropped` from the map `labels` that the malignant rescue keeps."""
-    candidates = [lesion for lesion in dropped if lesion.volume_ml <= config.rescue_max_volume_ml]
+    """The lesions of at most `max_volume_ml` that reclassification `dropped` from the map `labels`
+    and the malignant rescue keeps."""
+    candidates = [lesion for lesion in dropped if lesion.volume_ml <= max_volume_ml]
     probabilities = typer_probabilities(candidates, hu, labels, geometry, lesion_typer, typer_grid, moved_hu)
     return lesions_to_rescue(candidates, probabilities, config.rescue_malignant_probability)
 
@@ -277,8 +279,9 @@ def run_cascade(
     moved_hu = (typer_hu(typer_grid, hu, geometry, typer_study, lesions=typed_lesions)
                 if lesion_typer is not None and typer_grid is not None and typed_lesions else None)
     if rescuing:
+        rescue_limits = {"base": config.rescue_max_volume_ml, "high": config.high_rescue_max_volume_ml}
         rescued = {name: _rescue_small_malignant(results[name].dropped, hu, labels, geometry, lesion_typer, config,
-                                                typer_grid, moved_hu)
+                                                typer_grid, moved_hu, rescue_limits[name])
                    for name, labels in (("base", base_labels), ("high", high_labels))}
         base_recls, high_recls = [*base_recls, *rescued["base"]], [*high_recls, *rescued["high"]]
         for name, kept in rescued.items():
@@ -286,7 +289,7 @@ def run_cascade(
                                       f"kept {len(kept)} of {len(results[name].dropped)} dropped by reclassification",
                                       f"lesion typer: malignant with probability >= "
                                       f"{config.rescue_malignant_probability:g}, volume <= "
-                                      f"{config.rescue_max_volume_ml:g} ml"))
+                                      f"{rescue_limits[name]:g} ml"))
     if lesion_typer is not None:
         # The high-sensitivity set must not miss: there the typer only types (an infinite
         # sensitivity never drops); what it drops at base sensitivity alone makes the joint

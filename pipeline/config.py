@@ -60,6 +60,9 @@ class CascadeConfig:
     rescue_malignant_probability: float = 0.7
     #: the largest lesion (ml) the malignant rescue may keep.
     rescue_max_volume_ml: float = 2.0
+    #: the same limit in the high-sensitivity set, where a rescued lesion the base set lacks makes
+    #: the joint verdict uncertain instead of silently benign (docs/cascade.md, "Malignant rescue").
+    high_rescue_max_volume_ml: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity_factors", tuple(float(f) for f in self.sensitivity_factors))
@@ -88,6 +91,7 @@ class CascadeConfig:
         _require(0.0 <= self.rescue_malignant_probability <= 1.0, "rescue_malignant_probability",
                  "must be between 0 (off) and 1")
         _require(self.rescue_max_volume_ml > 0, "rescue_max_volume_ml", "must be > 0")
+        _require(self.high_rescue_max_volume_ml > 0, "high_rescue_max_volume_ml", "must be > 0")
         _require(self.min_lesion_volume_ml >= 0, "min_lesion_volume_ml", "must be >= 0")
 
 

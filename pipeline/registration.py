@@ -13,6 +13,7 @@ the unregistered phase resampled by patient coordinates, recorded as a decision.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -336,6 +337,23 @@ def _register_phase(
     )
     quality = RegistrationQuality(phase, metric, before, after, used_registered=True, message=message)
     return quality, candidate, Decision("registration", subject, "registered", message, 1.0)
+
+
+def warm_up_elastix(config: RegistrationConfig) -> float:
+    """Register two tiny synthetic images with `config`'s metric and stages so that itk loads its
+    elastix modules now (about 10-15 s the first time in a process) rather than during the first
+    study; returns the seconds it took. The result is discarded."""
+    started = time.perf_counter()
+    grid = np.zeros((16, 16, 16), np.float32)
+    grid[4:12, 5:11, 4:12] = 200.0
+    fixed = sitk.GetImageFromArray(ndimage.gaussian_filter(grid, 1.0))
+    moving = sitk.GetImageFromArray(ndimage.gaussian_filter(np.roll(grid, 1, axis=2), 1.0))
+    for image in (fixed, moving):
+        image.SetSpacing((8.0, 8.0, 8.0))
+    tiny = dataclasses.replace(config, resolutions=1, affine_iterations=4, bspline_iterations=4,
+                               spatial_samples=256, bspline_grid_spacing_mm=64.0)
+    elastix_displacement(fixed, moving, np.ones((16, 16, 16), bool), tiny)
+    return time.perf_counter() - started
 
 
 def elastix_displacement(

@@ -52,3 +52,17 @@ class Behaving:
 class FailsToBuild:
     def __init__(self, settings: object) -> None:
         raise RuntimeError("weights missing")
+
+
+class WarmsUp(Behaving):
+    """Counts its warm-ups (the worker calls ``warm_up`` once, before the first study)."""
+
+    warm_ups = 0
+
+    def warm_up(self) -> None:
+        WarmsUp.warm_ups += 1
+
+    def process(self, input_dir: Path, output_dir: Path) -> Outcome:
+        outcome = super().process(input_dir, output_dir)
+        outcome.result_files[0].write_text(f"{os.getpid()} {WarmsUp.warm_ups}")
+        return outcome

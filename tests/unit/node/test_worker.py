@@ -90,3 +90,11 @@ def test_a_processor_that_cannot_be_built_is_reported(worker, tmp_path: Path) ->
     w = worker("FailsToBuild")
     result = w.run(_request(tmp_path, "a"))
     assert not result.ok and result.error_kind == "start" and "weights missing" in result.error
+
+
+def test_the_worker_warms_the_processor_up_once_before_the_first_study(worker, tmp_path: Path) -> None:
+    w = worker("WarmsUp")
+    first = w.run(_request(tmp_path, "a"))
+    second = w.run(_request(tmp_path, "b"))
+    assert first.ok and second.ok
+    assert first.result_files[0].read_text().split()[1] == second.result_files[0].read_text().split()[1] == "1"

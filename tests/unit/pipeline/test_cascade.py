@@ -189,7 +189,8 @@ def test_malignant_rescue_keeps_a_small_lesion_reclassification_dropped_when_the
     assert [l.lesion_type for l in plain.high_recls] == [LesionType.HEM]
 
     rescue = CascadeConfig(patch_size_voxels=(4, 16, 16), inference_patches_per_lesion=4,
-                           rescue_malignant_probability=0.8, rescue_max_volume_ml=4.0)
+                           rescue_malignant_probability=0.8, rescue_max_volume_ml=4.0,
+                           high_rescue_max_volume_ml=4.0)
     result = run_cascade(probabilities, hu, GEOMETRY, model, rescue, lesion_typer=_weak_site_typer(0.9))
     assert [l.lesion_type for l in result.high_recls] == [LesionType.HEM, LesionType.META]
     assert result.class_high_recls is PatientClass.META and not result.verdict.certain
@@ -198,9 +199,28 @@ def test_malignant_rescue_keeps_a_small_lesion_reclassification_dropped_when_the
 
     unsure = run_cascade(probabilities, hu, GEOMETRY, model, rescue, lesion_typer=_weak_site_typer(0.6))
     assert [l.lesion_type for l in unsure.high_recls] == [LesionType.HEM]
-    too_large = run_cascade(probabilities, hu, GEOMETRY, model, replace(rescue, rescue_max_volume_ml=2.0),
+    too_large = run_cascade(probabilities, hu, GEOMETRY, model, replace(rescue, high_rescue_max_volume_ml=2.0),
                             lesion_typer=_weak_site_typer(0.9))  # the weak site holds 2.25 ml
     assert [l.lesion_type for l in too_large.high_recls] == [LesionType.HEM]
+
+
+def test_a_larger_rescue_limit_at_high_sensitivity_makes_the_verdict_uncertain_instead_of_benign():
+    probabilities, hu = study(np.float32)
+    probabilities[3][WEAK], probabilities[7][WEAK] = 0.7, 0.2  # the metastasis is found at f = 1 too
+    model = hu_model({310.0: 4})  # UNet_patch drops it in both sets
+    rescue = CascadeConfig(patch_size_voxels=(4, 16, 16), inference_patches_per_lesion=4,
+                           rescue_malignant_probability=0.8, rescue_max_volume_ml=2.0)
+    same_limits = run_cascade(probabilities, hu, GEOMETRY, model, rescue, lesion_typer=_weak_site_typer(0.9))
+    assert [l.lesion_type for l in same_limits.base] == [LesionType.HEM, LesionType.META]
+    assert same_limits.verdict.certain and same_limits.verdict.patient_class is PatientClass.HEM  # 2.25 ml > 2 ml
+
+    result = run_cascade(probabilities, hu, GEOMETRY, model, replace(rescue, high_rescue_max_volume_ml=8.0),
+                         lesion_typer=_weak_site_typer(0.9))
+    assert [l.lesion_type for l in result.base_recls] == [LesionType.HEM]
+    assert [l.lesion_type for l in result.high_recls] == [LesionType.HEM, LesionType.META]
+    assert not result.verdict.certain
+    assert [d.rule.rsplit("volume <= ", 1)[1] for d in result.decisions if d.stage == "malignant rescue"] == [
+        "2 ml", "8 ml"]
 
 
 def test_malignant_rescue_settings_are_checked():
@@ -208,3 +228,5 @@ def test_malignant_rescue_settings_are_checked():
         CascadeConfig(rescue_malignant_probability=1.5)
     with pytest.raises(ValueError, match="rescue_max_volume_ml"):
         CascadeConfig(rescue_max_volume_ml=0.0)
+    with pytest.raises(ValueError, match="high_rescue_max_volume_ml"):
+        CascadeConfig(high_rescue_max_volume_ml=-1.0)
