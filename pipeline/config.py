@@ -61,8 +61,10 @@ class CascadeConfig:
     #: the largest lesion (ml) the malignant rescue may keep.
     rescue_max_volume_ml: float = 2.0
     #: the same limit in the high-sensitivity set, where a rescued lesion the base set lacks makes
-    #: the joint verdict uncertain instead of silently benign (docs/cascade.md, "Malignant rescue").
-    high_rescue_max_volume_ml: float = 2.0
+    #: the joint verdict uncertain instead of silently benign; 64 (= `reclassify_max_volume_ml`):
+    #: any lesion reclassification judges (docs/cascade.md, "Malignant rescue"; docs/models.md,
+    #: "Session 32").
+    high_rescue_max_volume_ml: float = 64.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity_factors", tuple(float(f) for f in self.sensitivity_factors))

@@ -209,7 +209,8 @@ def test_a_larger_rescue_limit_at_high_sensitivity_makes_the_verdict_uncertain_i
     probabilities[3][WEAK], probabilities[7][WEAK] = 0.7, 0.2  # the metastasis is found at f = 1 too
     model = hu_model({310.0: 4})  # UNet_patch drops it in both sets
     rescue = CascadeConfig(patch_size_voxels=(4, 16, 16), inference_patches_per_lesion=4,
-                           rescue_malignant_probability=0.8, rescue_max_volume_ml=2.0)
+                           rescue_malignant_probability=0.8, rescue_max_volume_ml=2.0,
+                           high_rescue_max_volume_ml=2.0)
     same_limits = run_cascade(probabilities, hu, GEOMETRY, model, rescue, lesion_typer=_weak_site_typer(0.9))
     assert [l.lesion_type for l in same_limits.base] == [LesionType.HEM, LesionType.META]
     assert same_limits.verdict.certain and same_limits.verdict.patient_class is PatientClass.HEM  # 2.25 ml > 2 ml
