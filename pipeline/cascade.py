@@ -201,6 +201,15 @@ def _rescue_small_malignant(
     return lesions_to_rescue(candidates, probabilities, config.rescue_malignant_probability)
 
 
+def fnh_like_read_as_hcc(lesions: Sequence[Lesion]) -> tuple[list[Lesion], int]:
+    """`lesions` with every FNH-like (Other) one typed HCC instead, and how many there were: the
+    high-sensitivity reading of a study without a delayed phase, where an arterially enhancing
+    lesion without visible venous washout may still be an HCC."""
+    out = [dataclasses.replace(lesion, lesion_type=LesionType.HCC) if lesion.lesion_type == LesionType.OTHER
+           else lesion for lesion in lesions]
+    return out, sum(lesion.lesion_type == LesionType.OTHER for lesion in lesions)
+
+
 def run_cascade(
     probabilities: np.ndarray,
     hu_by_phase: Mapping[Phase, np.ndarray],
@@ -303,6 +312,11 @@ def run_cascade(
             decisions.append(Decision("lesion typing", f"{name} sensitivity",
                                       f"typed {len(typed.kept)}, dropped {len(typed.dropped)} as not a lesion",
                                       "lesion typer on enhancement features (docs/models.md)"))
+    if config.high_fnh_needs_delayed_phase and Phase.DP not in hu_by_phase:
+        high_recls, read_as_hcc = fnh_like_read_as_hcc(high_recls)
+        decisions.append(Decision("FNH-like without a delayed phase", "high sensitivity",
+                                  f"read {read_as_hcc} FNH-like lesion(s) as HCC",
+                                  "no delayed phase: washout cannot be excluded (docs/cascade.md)"))
     timings["reclassify_s"] = time.perf_counter() - t0
 
     match = match_sensitivities(base_recls, high_recls)

@@ -65,6 +65,11 @@ class CascadeConfig:
     #: any lesion reclassification judges (docs/cascade.md, "Malignant rescue"; docs/models.md,
     #: "Session 32").
     high_rescue_max_volume_ml: float = 64.0
+    #: at high sensitivity a lesion typed FNH-like (Other) in a study without a delayed phase is
+    #: read as HCC: without a delayed phase washout cannot be excluded, so such a call makes the
+    #: joint verdict uncertain instead of certainly benign (docs/cascade.md, "FNH-like needs a
+    #: delayed phase"; off by default: docs/models.md, "Session 32").
+    high_fnh_needs_delayed_phase: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensitivity_factors", tuple(float(f) for f in self.sensitivity_factors))

@@ -10,7 +10,7 @@ import pytest
 from pipeline.cascade import run_cascade, save_evaluation_npz
 from pipeline.config import CascadeConfig
 from pipeline.evaluate import evaluate_folders, load_prediction
-from pipeline.lesion_features import feature_names
+from pipeline.lesion_features import feature_count, feature_names
 from pipeline.types import LesionType, ModelIdentity, PatientClass, Phase, VolumeGeometry
 
 # 5 mm voxels: 0.125 ml each
@@ -141,7 +141,7 @@ def test_lesion_typer_types_the_kept_lesions_and_leaves_base_alone():
     assert [l.lesion_type for l in result.base_recls] == [LesionType.CYST]
     assert [l.lesion_type for l in result.high_recls] == [LesionType.CYST, LesionType.CYST]
     assert result.verdict.certain and result.verdict.patient_class is PatientClass.CYST
-    assert calls == [(1, 33), (2, 33)]
+    assert calls == [(1, feature_count()), (2, feature_count())]
     assert [d.outcome for d in result.decisions if d.stage == "lesion typing"] == [
         "typed 1, dropped 0 as not a lesion", "typed 2, dropped 0 as not a lesion"]
 
@@ -231,3 +231,29 @@ def test_malignant_rescue_settings_are_checked():
         CascadeConfig(rescue_max_volume_ml=0.0)
     with pytest.raises(ValueError, match="high_rescue_max_volume_ml"):
         CascadeConfig(high_rescue_max_volume_ml=-1.0)
+
+
+def _everything_fnh_like(features: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(features), 7), np.float32)
+    out[:, LesionType.OTHER] = 1.0
+    return out
+
+
+def test_fnh_like_without_a_delayed_phase_is_read_as_hcc_at_high_sensitivity() -> None:
+    probabilities, hu = study(np.float32)
+    rule = replace(CONFIG, high_fnh_needs_delayed_phase=True)
+    result = run_cascade(probabilities, hu, GEOMETRY, None, rule, lesion_typer=_everything_fnh_like)  # AP + VP
+    assert [l.lesion_type for l in result.base_recls] == [LesionType.OTHER]
+    assert [l.lesion_type for l in result.high_recls] == [LesionType.HCC, LesionType.HCC]
+    assert (result.class_base_recls, result.class_high_recls) == (PatientClass.OTHER, PatientClass.HCC)
+    assert not result.verdict.certain
+    assert [d.outcome for d in result.decisions if d.stage == "FNH-like without a delayed phase"] == [
+        "read 2 FNH-like lesion(s) as HCC"]
+
+    with_delayed = {**hu, Phase.DP: hu[Phase.VP] - 10.0}
+    certain = run_cascade(probabilities, with_delayed, GEOMETRY, None, rule, lesion_typer=_everything_fnh_like)
+    assert certain.verdict.certain and certain.verdict.patient_class is PatientClass.OTHER
+    assert not any(d.stage == "FNH-like without a delayed phase" for d in certain.decisions)
+    off = run_cascade(probabilities, hu, GEOMETRY, None, replace(CONFIG, high_fnh_needs_delayed_phase=False),
+                      lesion_typer=_everything_fnh_like)
+    assert off.verdict.certain and off.verdict.patient_class is PatientClass.OTHER
