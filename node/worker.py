@@ -3,10 +3,9 @@
 `WorkerProcess` (in the node) starts a child process that builds the processor with the configured
 factory ("module:attribute"), calls its optional ``warm_up()`` (the study processor loads itk's
 elastix modules there, so the first study does not wait for them), then runs one study at a time
-on request. The parent waits with a
-wall-clock limit; a timeout kills the child, a crash or out-of-memory ends it: each is a failed
-attempt, and a fresh child is started for the next study. The listener never shares a process with
-the pipeline.
+on request. The parent waits with a wall-clock limit; a timeout kills the child, a crash or
+out-of-memory ends it: each is a failed attempt, and a fresh child is started for the next study.
+The listener never shares a process with the pipeline.
 """
 
 from __future__ import annotations
