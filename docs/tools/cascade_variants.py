@@ -10,7 +10,8 @@ of 2 ml and more called malignant, false positives, and patient malignancy sensi
         --variant patch-vote:lesion_typing=false
     .venv/bin/python docs/tools/cascade_variants.py MODEL --typer-dir pipeline/models/phantom-demo --variant default:
 
-A variant is NAME:key=value,key=value with keys of the `cascade:` configuration section.
+A variant is NAME:key=value,key=value with keys of the `cascade:` configuration section. With
+more than 48 studies the joint figures are also printed per block of 48 seeds.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pipeline.model_cascade import cascade_on_prediction
 from pipeline.train import case_model_input, dice_per_class
 from pipeline.phantom_evaluation import evaluation_studies
 from pipeline.training_data import tuning_specs
-from pipeline.types import LESION_LABELS, Label
+from pipeline.types import LESION_LABELS, Label, PatientClass
 
 SMALL_STRATA = ("<0.5", "0.5-2")
 
@@ -76,6 +77,31 @@ def summary(report_json: Path) -> list[str]:
     return lines
 
 
+def joint_by_block(report_json: Path, block: int = 48) -> list[str]:
+    """The joint model's figures per block of `block` consecutive validation seeds (20100-20147,
+    20148-20195, ...): one block of 48 moves a figure by 0.05 per patient, so a second block is
+    the check of a choice made on the first (docs/models.md, "Session 32")."""
+    cases = json.loads(report_json.read_text(encoding="utf-8"))["cases"]
+    first = min(int(c["case"].rsplit("-", 1)[1]) for c in cases) if cases else 0
+    tallies: dict[int, list[int]] = {}
+    for case in cases:
+        index = (int(case["case"].rsplit("-", 1)[1]) - first) // block
+        tally = tallies.setdefault(index, [0, 0, 0, 0, 0])  # TP, FN, TN, FP, uncertain
+        if case["joint"] == "uncertain":
+            tally[4] += 1
+            continue
+        truth, called = PatientClass(case["truth"]).malignant, PatientClass(case["joint"]).malignant
+        tally[(0 if called else 1) if truth else (3 if called else 2)] += 1
+    lines = []
+    for index, (tp, fn, tn, fp, uncertain) in sorted(tallies.items()):
+        start = first + index * block
+        sensitivity = f"{tp / (tp + fn):.2f} ({tp}/{tp + fn})" if tp + fn else "n/a"
+        specificity = f"{tn / (tn + fp):.2f} ({tn}/{tn + fp})" if tn + fp else "n/a"
+        lines.append(f"  joint, seeds {start}-{start + block - 1}: sensitivity {sensitivity}, "
+                     f"specificity {specificity}, uncertain {uncertain}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -116,6 +142,8 @@ def main() -> None:
         json_path, _ = write_report(report, args.work / name)
         print(f"{name}: liver Dice of the cascade's base map {np.mean(cascade_liver_dice[name]):.4f}")
         print("\n".join(summary(json_path)), flush=True)
+        if args.studies > 48:
+            print("\n".join(joint_by_block(json_path)), flush=True)
 
 
 if __name__ == "__main__":
