@@ -27,6 +27,7 @@ from pipeline.backends import CardBackend
 from pipeline.cascade import save_evaluation_npz
 from pipeline.config import CascadeConfig
 from pipeline.evaluate import evaluate_folders
+from pipeline.evaluation_metrics import PatientMetrics
 from pipeline.evaluation_report import write_report
 from pipeline.model import select_device
 from pipeline.model_cascade import cascade_on_prediction
@@ -82,23 +83,24 @@ def joint_by_block(report_json: Path, block: int = 48) -> list[str]:
     20148-20195, ...): one block of 48 moves a figure by 0.05 per patient, so a second block is
     the check of a choice made on the first (docs/models.md, "Session 32")."""
     cases = json.loads(report_json.read_text(encoding="utf-8"))["cases"]
-    first = min(int(c["case"].rsplit("-", 1)[1]) for c in cases) if cases else 0
-    tallies: dict[int, list[int]] = {}
+    seeds = {case["case"]: int(case["case"].rsplit("-", 1)[1]) for case in cases}
+    first = min(seeds.values(), default=0)
+    blocks: dict[int, PatientMetrics] = {}
     for case in cases:
-        index = (int(case["case"].rsplit("-", 1)[1]) - first) // block
-        tally = tallies.setdefault(index, [0, 0, 0, 0, 0])  # TP, FN, TN, FP, uncertain
-        if case["joint"] == "uncertain":
-            tally[4] += 1
-            continue
-        truth, called = PatientClass(case["truth"]).malignant, PatientClass(case["joint"]).malignant
-        tally[(0 if called else 1) if truth else (3 if called else 2)] += 1
+        joint = None if case["joint"] == "uncertain" else PatientClass(case["joint"])
+        metrics = blocks.setdefault((seeds[case["case"]] - first) // block, PatientMetrics())
+        metrics.add(PatientClass(case["truth"]), joint)
+
+    def figure(ratio: float | None, hits: int, total: int) -> str:
+        return f"{ratio:.2f} ({hits}/{total})" if ratio is not None else "n/a"
+
     lines = []
-    for index, (tp, fn, tn, fp, uncertain) in sorted(tallies.items()):
+    for index, m in sorted(blocks.items()):
         start = first + index * block
-        sensitivity = f"{tp / (tp + fn):.2f} ({tp}/{tp + fn})" if tp + fn else "n/a"
-        specificity = f"{tn / (tn + fp):.2f} ({tn}/{tn + fp})" if tn + fp else "n/a"
-        lines.append(f"  joint, seeds {start}-{start + block - 1}: sensitivity {sensitivity}, "
-                     f"specificity {specificity}, uncertain {uncertain}")
+        lines.append(f"  joint, seeds {start}-{start + block - 1}: sensitivity "
+                     f"{figure(m.sensitivity, m.malignant_tp, m.malignant_tp + m.malignant_fn)}, specificity "
+                     f"{figure(m.specificity, m.malignant_tn, m.malignant_tn + m.malignant_fp)}, "
+                     f"uncertain {m.uncertain}")
     return lines
 
 
