@@ -191,7 +191,7 @@ def train(work: Path, iterations: int, batch: int, learning_rate: float, seed: i
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        running.append(float(loss))
+        running.append(loss.item())
         if (iteration + 1) % 100 == 0:
             rate = (iteration + 1 - start) / (time.time() - began)
             print(f"iteration {iteration + 1}/{iterations} loss {np.mean(running):.4f} {rate:.2f} it/s", flush=True)
