@@ -10,12 +10,13 @@ box is small enough to train from scratch on these 2 cores, so this is the cheap
 "finer grid from the first stage" idea. It is not a cascade step.
 
     python docs/tools/fine_grid_finder.py generate --train 120 --small 60 --validation 96 --work W
-    python docs/tools/fine_grid_finder.py train --work W --iterations 8000
-    python docs/tools/fine_grid_finder.py evaluate --work W --validation 96
+    python docs/tools/fine_grid_finder.py train --work W --iterations 12000
+    python docs/tools/fine_grid_finder.py evaluate --work W --thresholds 0.5 0.8 0.95
 
 Cases are cropped to the true liver's bounding box plus a margin (a cascade step would crop to
-UNet_whole's liver), and found regions are counted inside the true liver dilated by 2 voxels: an
-upper bound on what the finder would give the cascade, and the false regions it would add. A true
+UNet_whole's liver), and found regions are counted inside the true liver dilated by 2 voxels: the
+lesions found are an upper bound on what the finder would give the cascade, and the false regions
+a lower bound on what it would add. A true
 lesion of 0.5 ml or more is found where a region (voxels whose summed lesion probability exceeds
 the threshold, ``--min-ml`` or larger) shares voxels with it, as DESIGN's match counts; a region
 that touches no true lesion (dilated by 2 voxels) is a false region. Its type is the vote of the
@@ -75,11 +76,12 @@ def make_fine_case(spec: PhantomCaseSpec, path: Path) -> str:
         pad = int(round(margin / SPACING_MM[axis]))
         box.append(slice(max(0, hits[0] - pad), min(liver.shape[axis], hits[-1] + pad + 1)))
     zs, ys, xs = box
+    kept = labels[zs, ys, xs]
     partial = path.with_name(path.name + ".partial.npz")
-    np.savez_compressed(partial, phases=case.phases[:, zs, ys, xs], labels=labels[zs, ys, xs],
+    np.savez_compressed(partial, phases=case.phases[:, zs, ys, xs], labels=kept,
                         present=np.array([p in case.present for p in PHASE_ORDER]))
     partial.replace(path)
-    return f"{spec.case_id} {labels[zs, ys, xs].shape}"
+    return f"{spec.case_id} {kept.shape}"
 
 
 def generate(specs: list[PhantomCaseSpec], folder: Path, processes: int) -> None:
@@ -225,7 +227,7 @@ def evaluate(work: Path, thresholds: list[float], min_ml: float, weights: Path |
     net.load_state_dict(state["net"] if "net" in state else state)
     net.eval().to(device)
     voxel_ml = float(np.prod(SPACING_MM)) / 1000.0
-    rows = []  # (case, type, ml, {t: found}, {t: malignant called})
+    rows = []  # (case, type, ml, {t: found}, typed malignant, peak lesion probability)
     false = {t: 0 for t in thresholds}
     false_malignant = {t: 0 for t in thresholds}
     false_inside = {t: 0 for t in thresholds}
@@ -233,6 +235,13 @@ def evaluate(work: Path, thresholds: list[float], min_ml: float, weights: Path |
     for case in cases:
         prob = predict(net, case, device)
         lesion_p = prob[2:].sum(0)
+        malignant_p = prob[list(MALIGNANT_CLASSES)].sum(0)
+        benign_p = lesion_p - malignant_p
+
+        def typed_malignant(mask: np.ndarray) -> bool:
+            """The finder's vote on a region: malignant against benign lesion probability."""
+            return bool(malignant_p[mask].sum() > benign_p[mask].sum())
+
         labels = case["labels"]
         truth = labels >= 2
         region = ndimage.binary_dilation(labels >= 1, iterations=2)
@@ -254,24 +263,21 @@ def evaluate(work: Path, thresholds: list[float], min_ml: float, weights: Path |
                     mask = regions == index
                     if interior[tuple(np.round(ndimage.center_of_mass(mask)).astype(int))]:
                         false_inside[t] += 1
-                    if prob[list(MALIGNANT_CLASSES)][:, mask].sum() > prob[5:8][:, mask].sum():
-                        false_malignant[t] += 1
+                    false_malignant[t] += typed_malignant(mask)
         for index in range(1, count + 1):
             mask = components == index
             ml = mask.sum() * voxel_ml
             if ml < 0.5:
                 continue
             kind = int(np.bincount(labels[mask]).argmax()) - 1
-            found, malignant = {}, {}
-            for t in thresholds:
-                found[t] = bool(kept[t][mask].any())  # as DESIGN's match: a region of min_ml or more shares voxels
-                malignant[t] = bool(prob[list(MALIGNANT_CLASSES)][:, mask].sum() > prob[5:8][:, mask].sum())
-            rows.append((case["id"], kind, ml, found, malignant, float(lesion_p[mask].max())))
+            # as DESIGN's match: a region of min_ml or more shares voxels with the lesion
+            found = {t: bool(kept[t][mask].any()) for t in thresholds}
+            rows.append((case["id"], kind, ml, found, typed_malignant(mask), float(lesion_p[mask].max())))
         print(f"{case['id']}: {count} lesions", flush=True)
     print("\nmalignant lesions under 3 ml (case, type, ml, max lesion p, found / typed malignant per threshold):")
     for case_id, kind, ml, found, malignant, top in rows:
         if kind in (1, 2, 3) and ml < 3.0:
-            marks = " ".join(f"{t:g}:{'F' if found[t] else '-'}{'M' if malignant[t] else 'b'}" for t in thresholds)
+            marks = " ".join(f"{t:g}:{'F' if found[t] else '-'}{'M' if malignant else 'b'}" for t in thresholds)
             print(f"  {case_id} type {kind} {ml:.2f} ml p {top:.3f}  {marks}")
     for t in thresholds:
         def share(select) -> str:
@@ -293,7 +299,7 @@ def main() -> None:
     gen.add_argument("--validation", type=int, default=96)
     gen.add_argument("--processes", type=int, default=2)
     fit = sub.add_parser("train")
-    fit.add_argument("--iterations", type=int, default=8000)
+    fit.add_argument("--iterations", type=int, default=12000)
     fit.add_argument("--batch", type=int, default=4)
     fit.add_argument("--learning-rate", type=float, default=2e-3)
     fit.add_argument("--seed", type=int, default=0)
